@@ -1,0 +1,1 @@
+"""Audience questions: submission, triage, votes, on-air."""

@@ -1,0 +1,317 @@
+"""Question use cases: submit, list, vote, triage, merge, on air.
+
+The service validates with the model, persists through the store, enforces
+rate limits and publishes domain events; it knows nothing of HTTP or sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from qa import model
+from qa.errors import (
+    CannotMerge,
+    InvalidQuestion,
+    NotPublishable,
+    QuestionNotFound,
+    RateLimited,
+    StaleVersion,
+)
+from qa.events import OnAirChanged, QuestionChanged, QuestionRemoved, QuestionSubmitted
+from qa.model import DuplicateIndex, Limits, ProfanityFilter, Question, Status
+from qa.store import NewQuestion, OnAirTaken, QuestionStore
+from server.clock import Clock
+from server.ratelimit import RateLimiter
+from server.settings import QaSettings
+
+log = logging.getLogger("tv.qa")
+
+Publish = Callable[[object], Awaitable[None]]
+
+_BATCH_MAX = 256
+
+
+@dataclass(frozen=True)
+class VotesChanged:
+    """Only the vote count moved; the realtime edge may coalesce these."""
+
+    question: Question
+
+
+@dataclass
+class _Pending:
+    item: NewQuestion
+    future: asyncio.Future[Question]
+
+
+class QuestionService:
+    def __init__(self, store: QuestionStore, limiter: RateLimiter, clock: Clock,
+                 publish: Publish, theme_ids: Sequence[str], settings: QaSettings) -> None:
+        self.store = store
+        self.limiter = limiter
+        self.clock = clock
+        self.publish = publish
+        self.theme_ids = tuple(theme_ids)
+        self.settings = settings
+        self.limits = Limits(settings.text_max, settings.author_max)
+        self.profanity = ProfanityFilter.from_list(
+            (*model.BUILTIN_PROFANITY, *settings.profanity))
+        self.duplicates = DuplicateIndex(settings.duplicate_threshold)
+        self._last_indexed = 0
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+
+    # --- lifecycle ------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._refresh_index()
+        self._writer = asyncio.create_task(self._write_loop(), name="question-writer")
+
+    async def stop(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        while not self._queue.empty():
+            self._queue.get_nowait().future.cancel()
+
+    # --- viewers --------------------------------------------------------
+
+    async def submit(self, viewer_id: str, ip: str, body: Mapping[str, Any]) -> Question:
+        """Validate, rate-limit and durably store a viewer's question."""
+        theme = model.clean_theme(body.get("theme"), self.theme_ids)
+        text = model.clean_text(body.get("text"), self.limits)
+        author = model.clean_author(body.get("author"), self.limits)
+        segment = model.clean_segment(body.get("segment_id"))
+        await self._limit([(f"ask:viewer:{viewer_id}", self.settings.per_viewer),
+                           (f"ask:ip:{ip}", self.settings.per_ip)])
+        pending = _Pending(
+            NewQuestion(theme, text, author, segment, viewer_id, (), self.clock.now()),
+            asyncio.get_running_loop().create_future())
+        await self._queue.put(pending)
+        question = await pending.future
+        log.info("question received", extra={"question_id": question.id, "theme": theme,
+                                              "flags": list(question.flags)})
+        await self.publish(QuestionSubmitted(question))
+        return question
+
+    async def _limit(self, checks: Sequence[tuple[str, Any]]) -> None:
+        waits = [await self.limiter.peek(key, limit) for key, limit in checks]
+        worst = max((w for w in waits if w is not None), default=None)
+        if worst is not None:
+            raise RateLimited(worst)
+        for key, limit in checks:
+            wait = await self.limiter.hit(key, limit)
+            if wait is not None:
+                raise RateLimited(wait)
+
+    async def list_public(self, viewer_id: str, theme: str | None, sort: str,
+                          status: str | None = None) -> list[tuple[Question, bool]]:
+        """Approved and answered questions, each with whether this viewer voted."""
+        statuses = [Status.APPROVED, Status.ANSWERED]
+        if status:
+            wanted = self._status(status)
+            statuses = [wanted] if wanted.is_public else []
+        questions = await self.store.query(theme=self._theme_filter(theme), statuses=statuses,
+                                          sort=self._sort(sort))
+        voted = await self.store.voted_ids(viewer_id, [q.id for q in questions])
+        return [(q, q.id in voted) for q in questions]
+
+    async def list_all(self, theme: str | None, status: str | None, sort: str) -> list[Question]:
+        statuses = [self._status(status)] if status else None
+        return await self.store.query(theme=self._theme_filter(theme), statuses=statuses,
+                                     sort=self._sort(sort))
+
+    async def mine(self, viewer_id: str) -> list[Question]:
+        return await self.store.query(viewer_id=viewer_id, include_merged=True)
+
+    async def vote(self, question_id: int, viewer_id: str, add: bool) -> tuple[int, bool]:
+        """Add (or withdraw) this viewer's vote; one per viewer. Returns (votes, voted)."""
+        question = await self.store.get(question_id)
+        if question is None or not question.is_public:
+            raise QuestionNotFound()
+        await self._limit([(f"vote:viewer:{viewer_id}", self.settings.votes_per_viewer)])
+        votes, changed = await self.store.vote(question_id, viewer_id, self.clock.now(), add)
+        if changed:
+            await self.publish(VotesChanged(replace(question, votes=votes)))
+        return votes, add
+
+    # --- staff ----------------------------------------------------------
+
+    async def get(self, question_id: int) -> Question:
+        question = await self.store.get(question_id)
+        if question is None:
+            raise QuestionNotFound()
+        return question
+
+    async def patch(self, question_id: int, body: Mapping[str, Any], actor: str) -> Question:
+        """Apply a moderator's change made on top of ``version``; StaleVersion if outdated."""
+        patch, version = model.parse_patch(body, self.limits)
+        current = await self.get(question_id)
+        if current.version != version:
+            raise StaleVersion(current)
+        if current.merged_into is not None:
+            raise CannotMerge("merged questions cannot be changed")
+        values: dict[str, Any] = {}
+        if patch.status is not None:
+            values["status"] = patch.status.value
+            if patch.status == Status.REJECTED and current.on_air:
+                values["on_air"] = False
+        if patch.text is not None:
+            values["text"] = patch.text
+            values["flags"] = model.merge_flags(current.flags, self.profanity, patch.text)
+        if patch.set_segment:
+            values["segment_id"] = patch.segment_id
+        if patch.set_note:
+            values["note"] = patch.note
+        changed, moved = await self._apply(current, patch, version, values)
+        if changed is None:
+            raise StaleVersion(await self.get(question_id))
+        log.info("question changed by staff", extra={
+            "question_id": question_id, "by": actor, "fields": sorted(set(body) - {"version"})})
+        await self._announce(current, changed)
+        for other in moved:
+            await self.publish(QuestionChanged(other, other.is_public, False))
+        if current.on_air and not changed.on_air:
+            await self.publish(OnAirChanged(None))
+        if patch.text is not None:
+            self.duplicates.add(changed.id, changed.theme, changed.text)
+        return changed
+
+    async def _apply(self, current: Question, patch: model.Patch, version: int,
+                     values: dict[str, Any]) -> tuple[Question | None, list[Question]]:
+        starred = current.starred if patch.starred is None else patch.starred
+        if patch.queue_position is not None:
+            starred = True
+        now = self.clock.now()
+        if starred == current.starred and patch.queue_position is None:
+            return await self.store.update(current.id, version, values, now), []
+        values["starred"] = starred
+        if not starred:
+            position = None
+        elif patch.queue_position is not None:
+            position = patch.queue_position
+        elif current.queue_position is not None:
+            position = current.queue_position
+        else:
+            position = 1_000_000  # the end of the queue
+        return await self.store.requeue(current.id, version, values, position, now)
+
+    async def _announce(self, before: Question, after: Question) -> None:
+        await self.publish(QuestionChanged(after, before.is_public,
+                                           before.status != after.status))
+
+    async def merge(self, question_id: int, into_id: Any, actor: str) -> Question:
+        """Fold a duplicate into another question; its voters count for the other."""
+        if isinstance(into_id, bool) or not isinstance(into_id, int):
+            raise InvalidQuestion("merge_target_required", "into")
+        dup, target = await self.get(question_id), await self.get(into_id)
+        if dup.id == target.id:
+            raise CannotMerge("a question cannot be merged into itself")
+        if dup.merged_into is not None or target.merged_into is not None:
+            raise CannotMerge("one of these questions is already merged")
+        merged, target = await self.store.merge(dup.id, target.id, self.clock.now())
+        self.duplicates.discard(dup.id)
+        log.info("questions merged", extra={"question_id": dup.id, "into": target.id,
+                                            "by": actor, "votes": target.votes})
+        await self.publish(QuestionRemoved(merged, dup.is_public))
+        await self.publish(QuestionChanged(target, target.is_public, False))
+        if dup.on_air:
+            await self.publish(OnAirChanged(None))
+        return target
+
+    async def set_on_air(self, question_id: Any, actor: str) -> Question | None:
+        """Put one question on air (replacing any other), or clear with None."""
+        before: Question | None = None
+        if question_id is not None:
+            if isinstance(question_id, bool) or not isinstance(question_id, int):
+                raise InvalidQuestion("question_id_required", "question_id")
+            before = await self.get(question_id)
+            if before.status == Status.REJECTED or before.merged_into is not None:
+                raise NotPublishable()
+        for attempt in range(3):
+            try:
+                off, on = await self.store.set_on_air(question_id, self.clock.now())
+                break
+            except OnAirTaken:
+                if attempt == 2:
+                    raise
+        for q in off:
+            await self.publish(QuestionChanged(q, q.is_public, False))
+        if on is not None and before is not None and on.version != before.version:
+            await self._announce(before, on)
+        log.info("on air question changed", extra={"question_id": question_id, "by": actor})
+        await self.publish(OnAirChanged(on))
+        return on
+
+    async def on_air(self) -> Question | None:
+        return await self.store.on_air()
+
+    async def export(self) -> list[Question]:
+        return await self.store.all_for_export()
+
+    async def counts(self) -> list[tuple[str, str, int]]:
+        return await self.store.counts()
+
+    # --- helpers --------------------------------------------------------
+
+    def _theme_filter(self, theme: str | None) -> str | None:
+        return model.clean_theme(theme, self.theme_ids) if theme else None
+
+    @staticmethod
+    def _status(status: str) -> Status:
+        try:
+            return Status(status)
+        except ValueError as e:
+            raise InvalidQuestion("status_invalid", "status") from e
+
+    @staticmethod
+    def _sort(sort: str) -> str:
+        if sort not in ("popular", "recent", ""):
+            raise InvalidQuestion("sort_invalid", "sort")
+        return sort or "recent"
+
+    async def _refresh_index(self) -> None:
+        for qid, theme, text, _status, merged in await self.store.since(self._last_indexed):
+            if merged is None:
+                self.duplicates.add(qid, theme, text)
+            self._last_indexed = max(self._last_indexed, qid)
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty() and len(batch) < _BATCH_MAX:
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._write(batch)
+            except Exception as e:
+                log.exception("storing questions failed", extra={"count": len(batch)})
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(e)
+
+    async def _write(self, batch: list[_Pending]) -> None:
+        """Flag and insert a batch in one transaction (group commit)."""
+        await self._refresh_index()
+        items: list[NewQuestion] = []
+        for p in batch:
+            dup = self.duplicates.best_match(p.item.theme, p.item.text)
+            items.append(replace(p.item, flags=model.flags_for(p.item.text, self.profanity, dup)))
+        stored = await self.store.insert_many(items)
+        for i, question in enumerate(stored):
+            if question.duplicate_of is None:
+                # A duplicate within the same batch: compare with the earlier ones.
+                dup = self.duplicates.best_match(question.theme, question.text)
+                if dup is not None and dup != question.id:
+                    flags = (*question.flags, f"duplicate:{dup}")
+                    await self.store.set_flags(question.id, flags)
+                    stored[i] = question = replace(question, flags=flags)
+            self.duplicates.add(question.id, question.theme, question.text)
+        for p, question in zip(batch, stored, strict=True):
+            if not p.future.done():
+                p.future.set_result(question)

@@ -1,0 +1,348 @@
+"""Persistence of questions and votes (SQLAlchemy 2, async)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy import text as sql_text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from qa.model import Question, Status
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite keeps no time zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class QuestionRow(Base):
+    __tablename__ = "questions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    theme: Mapped[str] = mapped_column(String(64))
+    text: Mapped[str] = mapped_column(Text)
+    author: Mapped[str | None] = mapped_column(String(200))
+    segment_id: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    starred: Mapped[bool] = mapped_column(Boolean, default=False)
+    queue_position: Mapped[int | None] = mapped_column(Integer)
+    on_air: Mapped[bool] = mapped_column(Boolean, default=False)
+    votes: Mapped[int] = mapped_column(Integer, default=0)
+    merged_into: Mapped[int | None] = mapped_column(Integer)
+    flags: Mapped[str] = mapped_column(Text, default="[]")
+    note: Mapped[str | None] = mapped_column(Text)
+    viewer_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+    __table_args__ = (
+        Index("ix_questions_status_theme", "status", "theme"),
+        Index("ix_questions_viewer", "viewer_id"),
+        # At most one question on air, enforced by the database itself so that
+        # two moderators on two processes cannot both win.
+        Index("ux_questions_on_air", "on_air", unique=True,
+              sqlite_where=sql_text("on_air"), postgresql_where=sql_text("on_air")),
+    )
+
+
+class VoteRow(Base):
+    __tablename__ = "votes"
+
+    question_id: Mapped[int] = mapped_column(
+        ForeignKey("questions.id", ondelete="CASCADE"), primary_key=True)
+    viewer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+Q: Table = QuestionRow.__table__  # type: ignore[assignment]
+V: Table = VoteRow.__table__  # type: ignore[assignment]
+
+
+def _to_question(row: Any) -> Question:
+    return Question(
+        id=row.id,
+        theme=row.theme,
+        text=row.text,
+        author=row.author,
+        segment_id=row.segment_id,
+        status=Status(row.status),
+        starred=bool(row.starred),
+        queue_position=row.queue_position,
+        on_air=bool(row.on_air),
+        votes=row.votes,
+        merged_into=row.merged_into,
+        flags=tuple(json.loads(row.flags or "[]")),
+        note=row.note,
+        viewer_id=row.viewer_id,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        version=row.version,
+    )
+
+
+@dataclass(frozen=True)
+class NewQuestion:
+    theme: str
+    text: str
+    author: str | None
+    segment_id: str | None
+    viewer_id: str
+    flags: tuple[str, ...]
+    created_at: datetime
+
+
+class _Rollback(Exception):
+    """Undo a transaction whose optimistic check failed."""
+
+
+class OnAirTaken(Exception):
+    """Another question went on air at the same moment."""
+
+
+class QuestionStore:
+    """Queries on questions and votes. Every method is one transaction."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def insert_many(self, items: Sequence[NewQuestion]) -> list[Question]:
+        """Insert a batch in one transaction (group commit); ids in input order."""
+        rows = [{
+            "theme": n.theme, "text": n.text, "author": n.author, "segment_id": n.segment_id,
+            "status": Status.PENDING.value, "starred": False, "queue_position": None,
+            "on_air": False, "votes": 0, "merged_into": None, "flags": json.dumps(list(n.flags)),
+            "note": None, "viewer_id": n.viewer_id, "created_at": n.created_at,
+            "updated_at": n.created_at, "version": 1,
+        } for n in items]
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                insert(Q).returning(*Q.c, sort_by_parameter_order=True), rows)
+            return [_to_question(r) for r in result]
+
+    async def set_flags(self, question_id: int, flags: tuple[str, ...]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(update(Q).where(Q.c.id == question_id)
+                               .values(flags=json.dumps(list(flags))))
+
+    async def get(self, question_id: int) -> Question | None:
+        async with self.engine.connect() as conn:
+            return await self._get(conn, question_id)
+
+    @staticmethod
+    async def _get(conn: AsyncConnection, question_id: int) -> Question | None:
+        row = (await conn.execute(select(Q).where(Q.c.id == question_id))).first()
+        return _to_question(row) if row else None
+
+    async def query(self, *, theme: str | None = None, statuses: Sequence[Status] | None = None,
+                   sort: str = "recent", viewer_id: str | None = None,
+                   include_merged: bool = False, limit: int = 1000) -> list[Question]:
+        stmt = select(Q)
+        if theme:
+            stmt = stmt.where(Q.c.theme == theme)
+        if statuses is not None:
+            stmt = stmt.where(Q.c.status.in_([s.value for s in statuses]))
+        if viewer_id is not None:
+            stmt = stmt.where(Q.c.viewer_id == viewer_id)
+        if not include_merged:
+            stmt = stmt.where(Q.c.merged_into.is_(None))
+        order = ([Q.c.votes.desc(), Q.c.id.desc()] if sort == "popular" else [Q.c.id.desc()])
+        stmt = stmt.order_by(*order).limit(limit)
+        async with self.engine.connect() as conn:
+            return [_to_question(r) for r in await conn.execute(stmt)]
+
+    async def since(self, last_id: int) -> list[tuple[int, str, str, str, int | None]]:
+        """(id, theme, text, status, merged_into) of questions after ``last_id``."""
+        stmt = (select(Q.c.id, Q.c.theme, Q.c.text, Q.c.status, Q.c.merged_into)
+                .where(Q.c.id > last_id).order_by(Q.c.id))
+        async with self.engine.connect() as conn:
+            return [(r.id, r.theme, r.text, r.status, r.merged_into)
+                    for r in await conn.execute(stmt)]
+
+    async def voted_ids(self, viewer_id: str, question_ids: Sequence[int]) -> set[int]:
+        if not question_ids:
+            return set()
+        stmt = select(V.c.question_id).where(V.c.viewer_id == viewer_id,
+                                             V.c.question_id.in_(list(question_ids)))
+        async with self.engine.connect() as conn:
+            return {r[0] for r in await conn.execute(stmt)}
+
+    async def update(self, question_id: int, expected_version: int,
+                     values: dict[str, Any], now: datetime) -> Question | None:
+        """Optimistic update: None if the version moved on (or no such question)."""
+        async with self.engine.begin() as conn:
+            return await self._update(conn, question_id, expected_version, values, now)
+
+    @staticmethod
+    async def _update(conn: AsyncConnection, question_id: int, expected_version: int | None,
+                      values: dict[str, Any], now: datetime) -> Question | None:
+        if "flags" in values:
+            values = {**values, "flags": json.dumps(list(values["flags"]))}
+        stmt = update(Q).where(Q.c.id == question_id)
+        if expected_version is not None:
+            stmt = stmt.where(Q.c.version == expected_version)
+        stmt = stmt.values(**values, updated_at=now, version=Q.c.version + 1).returning(*Q.c)
+        row = (await conn.execute(stmt)).first()
+        return _to_question(row) if row else None
+
+    async def requeue(self, question_id: int, expected_version: int, values: dict[str, Any],
+                      position: int | None, now: datetime) -> tuple[Question | None,
+                                                                    list[Question]]:
+        """Update a question and place it at ``position`` in the starred queue.
+
+        ``position`` None takes it out of the queue. The other starred
+        questions are renumbered 1..n; those whose position changed are
+        returned so that consoles can follow.
+        """
+        try:
+            async with self.engine.begin() as conn:
+                queue = list((await conn.execute(
+                    select(Q.c.id, Q.c.queue_position)
+                    .where(Q.c.queue_position.is_not(None), Q.c.id != question_id)
+                    .order_by(Q.c.queue_position, Q.c.id))).all())
+                order = [r.id for r in queue]
+                if position is not None:
+                    order.insert(min(position, len(order) + 1) - 1, question_id)
+                old = {r.id: r.queue_position for r in queue}
+                moved: list[Question] = []
+                new_position = None
+                for index, qid in enumerate(order, start=1):
+                    if qid == question_id:
+                        new_position = index
+                    elif old[qid] != index:
+                        other = await self._update(conn, qid, None, {"queue_position": index},
+                                                   now)
+                        if other is not None:
+                            moved.append(other)
+                changed = await self._update(conn, question_id, expected_version,
+                                             {**values, "queue_position": new_position}, now)
+                if changed is None:
+                    raise _Rollback()
+                return changed, moved
+        except _Rollback:
+            return None, []
+
+    async def vote(self, question_id: int, viewer_id: str, now: datetime,
+                   add: bool) -> tuple[int, bool]:
+        """Add or withdraw a vote; returns (votes, changed)."""
+        async with self.engine.begin() as conn:
+            if add:
+                try:
+                    async with conn.begin_nested():
+                        await conn.execute(insert(V).values(
+                            question_id=question_id, viewer_id=viewer_id, created_at=now))
+                    changed = True
+                except IntegrityError:
+                    changed = False
+            else:
+                result = await conn.execute(delete(V).where(
+                    V.c.question_id == question_id, V.c.viewer_id == viewer_id))
+                changed = result.rowcount > 0
+            if changed:
+                count = select(func.count()).select_from(V).where(
+                    V.c.question_id == question_id).scalar_subquery()
+                await conn.execute(update(Q).where(Q.c.id == question_id).values(votes=count))
+            votes = (await conn.execute(select(Q.c.votes).where(Q.c.id == question_id))).scalar()
+            return int(votes or 0), changed
+
+    async def merge(self, dup_id: int, into_id: int, now: datetime) -> tuple[Question, Question]:
+        """Merge ``dup_id`` into ``into_id``: its voters now vote for the other."""
+        async with self.engine.begin() as conn:
+            already = select(V.c.viewer_id).where(V.c.question_id == into_id)
+            await conn.execute(update(V).where(V.c.question_id == dup_id,
+                                               V.c.viewer_id.not_in(already))
+                               .values(question_id=into_id))
+            await conn.execute(delete(V).where(V.c.question_id == dup_id))
+            count = select(func.count()).select_from(V).where(
+                V.c.question_id == into_id).scalar_subquery()
+            target = await self._update(conn, into_id, None, {"votes": count}, now)
+            dup = await self._update(conn, dup_id, None, {
+                "merged_into": into_id, "votes": 0, "on_air": False,
+                "starred": False, "queue_position": None}, now)
+            assert target is not None and dup is not None
+            return dup, target
+
+    async def set_on_air(self, question_id: int | None,
+                         now: datetime) -> tuple[list[Question], Question | None]:
+        """Make ``question_id`` the only question on air (None: nothing).
+
+        Returns the questions taken off air and the one now on air.
+        """
+        async with self.engine.begin() as conn:
+            try:
+                async with conn.begin_nested():
+                    off_ids = [r[0] for r in await conn.execute(
+                        select(Q.c.id).where(Q.c.on_air.is_(True)))]
+                    off: list[Question] = []
+                    for qid in off_ids:
+                        if qid != question_id:
+                            q = await self._update(conn, qid, None, {"on_air": False}, now)
+                            if q is not None:
+                                off.append(q)
+                    on = None
+                    if question_id is not None:
+                        on = await self._get(conn, question_id)
+                        if on is not None and not on.on_air:
+                            values: dict[str, Any] = {"on_air": True}
+                            if on.status == Status.PENDING:
+                                values["status"] = Status.APPROVED.value
+                            on = await self._update(conn, question_id, None, values, now)
+            except IntegrityError as e:
+                raise OnAirTaken() from e
+            return off, on
+
+    async def on_air(self) -> Question | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(Q).where(Q.c.on_air.is_(True)))).first()
+            return _to_question(row) if row else None
+
+    async def counts(self) -> list[tuple[str, str, int]]:
+        """(theme, status, count) for metrics; merged questions left out."""
+        stmt = (select(Q.c.theme, Q.c.status, func.count()).where(Q.c.merged_into.is_(None))
+                .group_by(Q.c.theme, Q.c.status))
+        async with self.engine.connect() as conn:
+            return [(r[0], r[1], int(r[2])) for r in await conn.execute(stmt)]
+
+    async def all_for_export(self) -> list[Question]:
+        async with self.engine.connect() as conn:
+            return [_to_question(r) for r in await conn.execute(select(Q).order_by(Q.c.id))]

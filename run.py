@@ -1,0 +1,93 @@
+"""Command line: run the server, add a staff account."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from server import db
+from server.app import create_app
+from server.auth import AccountError, AuthService, Role
+from server.clock import SystemClock
+from server.logs import configure
+from server.ratelimit import MemoryRateLimiter
+from server.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger("tv")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="run.py", description=(
+        "Live web-TV event server: duplex feeds, programme, audience questions."))
+    parser.add_argument("--config", default="config.toml", help="configuration file")
+    parser.add_argument("--host", help="address to listen on (overrides [http] host)")
+    parser.add_argument("--port", type=int, help="port to listen on (overrides [http] port)")
+    sub = parser.add_subparsers(dest="command")
+    add = sub.add_parser("adduser", help="create a staff account (or reset its password)")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=[r.value for r in Role])
+    add.add_argument("--password-file", type=Path,
+                     help="read the password from this file's first line instead of asking")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as e:
+        print(f"configuration error: {e}", file=sys.stderr)
+        return 2
+    configure(settings.log_format, settings.log_level)
+    if args.command == "adduser":
+        return _adduser(settings, args.name, Role(args.role), args.password_file)
+
+    host = args.host or settings.http.host
+    port = args.port or settings.http.port
+    log.info("starting the server", extra={"host": host, "port": port,
+                                           "database": settings.database_url.split("@")[-1],
+                                           "redis": bool(settings.redis_url)})
+    web.run_app(create_app(settings), host=host, port=port, print=None,
+                access_log=None, shutdown_timeout=5)
+    return 0
+
+
+def _read_password(password_file: Path | None) -> str:
+    if password_file is not None:
+        return password_file.read_text("utf-8").splitlines()[0] if password_file.stat().st_size \
+            else ""
+    first = getpass.getpass("Password: ")
+    if first != getpass.getpass("Password again: "):
+        raise AccountError("the two passwords differ")
+    return first
+
+
+def _adduser(settings: Settings, name: str, role: Role, password_file: Path | None) -> int:
+    try:
+        password = _read_password(password_file)
+    except (OSError, AccountError) as e:
+        print(f"cannot read the password: {e}", file=sys.stderr)
+        return 2
+
+    async def go() -> bool:
+        async for engine in db.engine_context(settings.database_url):
+            clock = SystemClock()
+            auth = AuthService(engine, clock, MemoryRateLimiter(clock), 1,
+                               settings.auth.login_failures)
+            return await auth.add_user(name, password, role)
+        raise AssertionError("unreachable")
+
+    try:
+        created = asyncio.run(go())
+    except AccountError as e:
+        print(f"cannot add {name}: {e}", file=sys.stderr)
+        return 2
+    print(f"{'created' if created else 'updated'} {role.value} account {name!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

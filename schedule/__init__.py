@@ -1,0 +1,1 @@
+"""The programme schedule engine (issue 3)."""

@@ -1,0 +1,1 @@
+"""The wiring: app factory, settings, database, realtime, auth."""

@@ -1,0 +1,112 @@
+"""The app factory: the one place where settings, resources and packages meet."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from qa import routes as qa_routes
+from qa.service import QuestionService
+from qa.store import QuestionStore
+from server import db, keys, pages
+from server.auth import AuthService
+from server.clock import Clock, SystemClock
+from server.events import EventBus
+from server.http import Handler, errors_middleware, identity_middleware, json_response
+from server.i18n import Catalog
+from server.metrics import Metrics, metrics_handler, metrics_middleware
+from server.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from server.realtime import Broadcaster, create_sio, register_namespaces
+from server.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data: blob:; media-src 'self' blob:; connect-src 'self' ws: wss:; "
+        "object-src 'none'; base-uri 'self'; form-action 'self'")
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    if not response.prepared:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        if response.content_type == "text/html":
+            response.headers.setdefault("Content-Security-Policy", _CSP)
+    return response
+
+
+def create_app(settings: Settings, clock: Clock | None = None) -> web.Application:
+    """Build the whole server for ``settings``; resources open on startup."""
+    app = web.Application(middlewares=[identity_middleware, metrics_middleware,
+                                       errors_middleware, security_headers],
+                          client_max_size=256 * 1024)
+    app[keys.SETTINGS] = settings
+    app[keys.CLOCK] = clock or SystemClock()
+    app[keys.BUS] = EventBus()
+    app[keys.METRICS] = Metrics()
+    app[keys.CATALOG] = Catalog(ROOT / "static" / "i18n")
+    app[keys.JINJA] = pages.make_jinja(ROOT / "templates")
+    sio = create_sio(settings)
+    app[keys.SIO] = sio
+    sio.attach(app)
+    register_namespaces(sio, app)
+    broadcaster = Broadcaster(sio)
+    broadcaster.subscribe(app[keys.BUS])
+
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_redis)
+    app.cleanup_ctx.append(_services)
+    app.cleanup_ctx.append(lambda _app: broadcaster.run())
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_routes(pages.routes)
+    app.router.add_routes(qa_routes.routes)
+    app.router.add_static("/static", ROOT / "static", append_version=False)
+    return app
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    async for engine in db.engine_context(app[keys.SETTINGS].database_url):
+        app[keys.ENGINE] = engine
+        yield
+
+
+async def _redis(app: web.Application) -> AsyncIterator[None]:
+    url = app[keys.SETTINGS].redis_url
+    client = Redis.from_url(url) if url else None
+    if client is not None:
+        await client.ping()
+    app[keys.REDIS] = client
+    yield
+    if client is not None:
+        await client.aclose()
+
+
+async def _services(app: web.Application) -> AsyncIterator[None]:
+    settings, clock = app[keys.SETTINGS], app[keys.CLOCK]
+    redis = app[keys.REDIS]
+    limiter: RateLimiter = (RedisRateLimiter(redis, settings.redis_channel, clock)
+                            if redis is not None else MemoryRateLimiter(clock))
+    app[keys.LIMITER] = limiter
+    app[keys.AUTH] = AuthService(app[keys.ENGINE], clock, limiter, settings.http.session_hours,
+                                 settings.auth.login_failures)
+    questions = QuestionService(QuestionStore(app[keys.ENGINE]), limiter, clock,
+                                app[keys.BUS].publish, [t.id for t in settings.themes],
+                                settings.qa)
+    app[keys.QUESTIONS] = questions
+    await questions.start()
+    yield
+    await questions.stop()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    if not await db.ping(request.app[keys.ENGINE]):
+        return json_response({"status": "unavailable", "error": "service_unavailable",
+                              "message": "the database cannot be reached"}, status=503)
+    return json_response({"status": "ok"})

@@ -1,0 +1,163 @@
+"""French first, English second: language choice and the server's own sentences.
+
+Page strings live in ``static/i18n/{fr,en}.json`` (shared with the browser
+scripts); API error sentences live here, keyed by error code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+LANGUAGES = ("fr", "en")
+LANG_COOKIE = "lang"
+
+ERRORS: Mapping[str, Mapping[str, str]] = {
+    "unknown_theme": {
+        "fr": "Choisissez l'un des trois thèmes du débat.",
+        "en": "Choose one of the three debate themes."},
+    "text_required": {
+        "fr": "Écrivez votre question avant de l'envoyer.",
+        "en": "Write your question before sending it."},
+    "text_too_long": {
+        "fr": "Votre question est trop longue : {max} caractères au plus.",
+        "en": "Your question is too long: {max} characters at most."},
+    "text_control_characters": {
+        "fr": "Votre question contient des caractères invisibles non autorisés.",
+        "en": "Your question contains invisible characters that are not allowed."},
+    "author_invalid": {
+        "fr": "Le nom doit être un texte.", "en": "The name must be text."},
+    "author_too_long": {
+        "fr": "Votre nom est trop long : {max} caractères au plus.",
+        "en": "Your name is too long: {max} characters at most."},
+    "author_control_characters": {
+        "fr": "Votre nom contient des caractères non autorisés.",
+        "en": "Your name contains characters that are not allowed."},
+    "segment_invalid": {
+        "fr": "Cette séquence n'existe pas.", "en": "This segment does not exist."},
+    "note_invalid": {
+        "fr": "La note doit être un texte de 2 000 caractères au plus.",
+        "en": "The note must be text of at most 2,000 characters."},
+    "version_required": {
+        "fr": "Indiquez la version de la question sur laquelle porte la modification.",
+        "en": "Give the version of the question this change is based on."},
+    "unknown_field": {
+        "fr": "Ce champ ne peut pas être modifié : {field}.",
+        "en": "This field cannot be changed: {field}."},
+    "status_invalid": {
+        "fr": "Statut inconnu.", "en": "Unknown status."},
+    "starred_invalid": {
+        "fr": "« starred » doit valoir true ou false.", "en": "“starred” must be true or false."},
+    "queue_position_invalid": {
+        "fr": "La position dans la file doit être un entier à partir de 1.",
+        "en": "The queue position must be a whole number from 1."},
+    "sort_invalid": {
+        "fr": "Tri inconnu : « popular » ou « recent ».",
+        "en": "Unknown sort: “popular” or “recent”."},
+    "merge_target_required": {
+        "fr": "Indiquez le numéro de la question dans laquelle fusionner.",
+        "en": "Give the number of the question to merge into."},
+    "question_id_required": {
+        "fr": "Indiquez le numéro de la question à mettre à l'antenne.",
+        "en": "Give the number of the question to put on air."},
+    "question_not_found": {
+        "fr": "Cette question n'existe pas.", "en": "This question does not exist."},
+    "stale_version": {
+        "fr": "Un autre modérateur a modifié cette question entre-temps : voici la version "
+              "actuelle.",
+        "en": "Another moderator changed this question in the meantime: here is the current "
+              "version."},
+    "cannot_merge": {
+        "fr": "Ces questions ne peuvent pas être fusionnées.",
+        "en": "These questions cannot be merged."},
+    "not_publishable": {
+        "fr": "Une question rejetée ou fusionnée ne peut pas passer à l'antenne.",
+        "en": "A rejected or merged question cannot go on air."},
+    "rate_limited": {
+        "fr": "Vous avez envoyé beaucoup de questions : réessayez dans {minutes} min.",
+        "en": "You have sent many questions: try again in {minutes} min."},
+    "vote_rate_limited": {
+        "fr": "Trop de votes d'un coup : réessayez dans {minutes} min.",
+        "en": "Too many votes at once: try again in {minutes} min."},
+    "invalid_json": {
+        "fr": "Le corps de la requête doit être un objet JSON.",
+        "en": "The request body must be a JSON object."},
+    "unsupported_media_type": {
+        "fr": "Envoyez le corps en JSON (Content-Type: application/json).",
+        "en": "Send the body as JSON (Content-Type: application/json)."},
+    "not_authenticated": {
+        "fr": "Connectez-vous avec un compte de l'équipe.",
+        "en": "Sign in with a staff account."},
+    "forbidden": {
+        "fr": "Votre rôle ne permet pas cette action.",
+        "en": "Your role does not allow this action."},
+    "csrf_failed": {
+        "fr": "Jeton de sécurité manquant ou invalide : rechargez la page.",
+        "en": "Security token missing or invalid: reload the page."},
+    "bad_credentials": {
+        "fr": "Nom d'utilisateur ou mot de passe incorrect.",
+        "en": "Wrong user name or password."},
+    "too_many_attempts": {
+        "fr": "Trop d'essais infructueux : réessayez dans {minutes} min.",
+        "en": "Too many failed attempts: try again in {minutes} min."},
+    "not_found": {
+        "fr": "Cette adresse n'existe pas.", "en": "This address does not exist."},
+    "method_not_allowed": {
+        "fr": "Cette méthode n'est pas permise ici.", "en": "This method is not allowed here."},
+    "request_too_large": {
+        "fr": "La requête est trop volumineuse.", "en": "The request is too large."},
+    "internal_error": {
+        "fr": "Une erreur interne s'est produite ; l'équipe technique est prévenue.",
+        "en": "An internal error occurred; the technical team has been told."},
+    "service_unavailable": {
+        "fr": "Le service est momentanément indisponible.",
+        "en": "The service is temporarily unavailable."},
+}
+
+
+def message(code: str, lang: str, **params: Any) -> str:
+    entry = ERRORS.get(code) or ERRORS["internal_error"]
+    text = entry.get(lang) or entry["fr"]
+    try:
+        return text.format(**params)
+    except (KeyError, IndexError, ValueError):
+        return text
+
+
+def pick_language(query: str | None, cookie: str | None, accept: str | None) -> str:
+    """``?lang=`` wins, then the cookie, then Accept-Language; French by default."""
+    for candidate in (query, cookie):
+        if candidate in LANGUAGES:
+            return candidate
+    if accept:
+        ranked: list[tuple[float, str]] = []
+        for part in accept.split(","):
+            bits = part.strip().split(";q=")
+            tag = bits[0].split("-")[0].strip().lower()
+            try:
+                q = float(bits[1]) if len(bits) > 1 else 1.0
+            except ValueError:
+                q = 0.0
+            if tag in LANGUAGES:
+                ranked.append((q, tag))
+        if ranked:
+            return max(ranked, key=lambda r: r[0])[1]
+    return "fr"
+
+
+class Catalog:
+    """Page strings for each language, read once at start-up."""
+
+    def __init__(self, directory: Path) -> None:
+        self.strings: dict[str, dict[str, str]] = {}
+        for lang in LANGUAGES:
+            path = directory / f"{lang}.json"
+            self.strings[lang] = json.loads(path.read_text("utf-8")) if path.exists() else {}
+
+    def get(self, lang: str) -> dict[str, str]:
+        return self.strings.get(lang) or self.strings["fr"]
+
+    def t(self, lang: str, key: str) -> str:
+        return self.get(lang).get(key) or self.strings["fr"].get(key) or key

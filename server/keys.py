@@ -1,0 +1,35 @@
+"""Every typed application key, in one place."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    import jinja2
+    import socketio
+    from redis.asyncio import Redis
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from qa.service import QuestionService
+    from server.auth import AuthService
+    from server.clock import Clock
+    from server.events import EventBus
+    from server.i18n import Catalog
+    from server.metrics import Metrics
+    from server.ratelimit import RateLimiter
+    from server.settings import Settings
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+ENGINE: web.AppKey[AsyncEngine] = web.AppKey("engine")
+REDIS: web.AppKey[Redis | None] = web.AppKey("redis")
+BUS: web.AppKey[EventBus] = web.AppKey("bus")
+LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
+AUTH: web.AppKey[AuthService] = web.AppKey("auth")
+QUESTIONS: web.AppKey[QuestionService] = web.AppKey("questions")
+SIO: web.AppKey[socketio.AsyncServer] = web.AppKey("sio")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+JINJA: web.AppKey[jinja2.Environment] = web.AppKey("jinja")
+CATALOG: web.AppKey[Catalog] = web.AppKey("catalog")

@@ -1,0 +1,51 @@
+"""Prometheus metrics, one registry per app (no module-level collectors)."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from server import keys
+from server.http import Handler
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.questions = Gauge("tv_questions", "Questions by theme and status (merged left out)",
+                               ["theme", "status"], registry=self.registry)
+        self.sockets = Gauge("tv_socketio_clients",
+                             "Socket.IO clients connected to this process, by namespace",
+                             ["namespace"], registry=self.registry)
+        self.latency = Histogram(
+            "tv_http_request_duration_seconds", "HTTP request latency",
+            ["method", "route", "status"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self.errors = Counter("tv_http_errors_total", "HTTP responses with status >= 500",
+                              ["route"], registry=self.registry)
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    start = time.perf_counter()
+    response = await handler(request)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    metrics = request.app[keys.METRICS]
+    metrics.latency.labels(request.method, route, str(response.status)).observe(
+        time.perf_counter() - start)
+    if response.status >= 500:
+        metrics.errors.labels(route).inc()
+    return response
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    metrics = request.app[keys.METRICS]
+    metrics.questions.clear()
+    for theme, status, count in await request.app[keys.QUESTIONS].counts():
+        metrics.questions.labels(theme, status).set(count)
+    return web.Response(body=generate_latest(metrics.registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,133 @@
+"""Server-rendered pages (Jinja2, autoescaped) and the staff sign-in API."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+from aiohttp import web
+
+from server import keys
+from server.auth import SESSION_COOKIE, BadCredentials, Role, TooManyAttempts
+from server.http import ApiError, client_ip, current_staff, json_response, read_json, require_staff
+
+routes = web.RouteTableDef()
+
+
+def make_jinja(templates: Path) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates),
+        autoescape=jinja2.select_autoescape(["html", "xml"], default_for_string=True),
+        undefined=jinja2.StrictUndefined,
+        auto_reload=False,
+    )
+
+
+def _render(request: web.Request, template: str, page_config: dict[str, Any] | None = None,
+            staff: dict[str, str] | None = None, csrf_token: str | None = None) -> web.Response:
+    app = request.app
+    settings, catalog, lang = app[keys.SETTINGS], app[keys.CATALOG], request["lang"]
+    themes = [{"id": t.id, "title": t.title(lang)} for t in settings.themes]
+    limits = {"text_max": settings.qa.text_max, "author_max": settings.qa.author_max}
+    config: dict[str, Any] = {"lang": lang, "themes": themes, "limits": limits,
+                              "event_title": settings.event.title, **(page_config or {})}
+    if staff is not None:
+        config["staff"] = staff
+        config["csrf_token"] = csrf_token
+    html = app[keys.JINJA].get_template(template).render(
+        lang=lang, t=lambda key: catalog.t(lang, key), strings=catalog.get(lang),
+        event_title=settings.event.title, themes=themes, limits=limits,
+        page_config=config, staff=staff)
+    return web.Response(text=html, content_type="text/html", charset="utf-8",
+                        headers={"Cache-Control": "no-store"})
+
+
+@routes.get("/")
+async def watch(request: web.Request) -> web.Response:
+    return _render(request, "watch.html")
+
+
+@routes.get("/overlay")
+async def overlay(request: web.Request) -> web.Response:
+    return _render(request, "overlay.html")
+
+
+def _safe_next(value: str | None) -> str:
+    """Only same-site paths, so that /login cannot bounce anyone elsewhere."""
+    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return "/moderation"
+
+
+@routes.get("/login")
+async def login_page(request: web.Request) -> web.Response:
+    return _render(request, "login.html", {"next": _safe_next(request.query.get("next"))})
+
+
+@routes.get("/logout")
+async def logout_page(request: web.Request) -> web.Response:
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        await request.app[keys.AUTH].sign_out(token)
+    response = web.HTTPFound("/")
+    response.del_cookie(SESSION_COOKIE, path="/")
+    raise response
+
+
+async def _staff_page(request: web.Request, template: str, role: Role) -> web.Response:
+    staff = await current_staff(request)
+    if staff is None or not staff.role.allows(role):
+        raise web.HTTPFound(f"/login?next={quote(request.path_qs)}")
+    return _render(request, template, staff={"username": staff.username,
+                                             "role": staff.role.value},
+                   csrf_token=staff.csrf_token)
+
+
+@routes.get("/moderation")
+async def moderation(request: web.Request) -> web.Response:
+    return await _staff_page(request, "moderation.html", Role.MODERATOR)
+
+
+# --- the sign-in API ---------------------------------------------------------
+
+@routes.post("/api/session")
+async def sign_in(request: web.Request) -> web.Response:
+    body = await read_json(request, max_bytes=4096)
+    username, password = body.get("username"), body.get("password")
+    if not isinstance(username, str) or not isinstance(password, str):
+        raise ApiError(401, "bad_credentials")
+    try:
+        token, staff = await request.app[keys.AUTH].sign_in(username, password,
+                                                            client_ip(request))
+    except TooManyAttempts as e:
+        seconds = math.ceil(e.retry_after_s)
+        raise ApiError(429, "too_many_attempts", headers={"Retry-After": str(seconds)},
+                       minutes=max(1, math.ceil(seconds / 60))) from e
+    except BadCredentials as e:
+        raise ApiError(401, "bad_credentials") from e
+    settings = request.app[keys.SETTINGS]
+    response = json_response({"username": staff.username, "role": staff.role.value,
+                              "csrf_token": staff.csrf_token})
+    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="Lax",
+                        secure=settings.http.secure_cookies, path="/",
+                        max_age=int(settings.http.session_hours * 3600))
+    return response
+
+
+@routes.get("/api/session")
+async def who_am_i(request: web.Request) -> web.Response:
+    staff = await require_staff(request, Role.MODERATOR)
+    return json_response({"username": staff.username, "role": staff.role.value,
+                          "csrf_token": staff.csrf_token})
+
+
+@routes.delete("/api/session")
+async def sign_out(request: web.Request) -> web.Response:
+    await require_staff(request, Role.MODERATOR)
+    await request.app[keys.AUTH].sign_out(request.cookies[SESSION_COOKIE])
+    response = json_response({"status": "signed_out"})
+    response.del_cookie(SESSION_COOKIE, path="/")
+    return response

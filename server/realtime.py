@@ -1,0 +1,166 @@
+"""Socket.IO: the server, its namespaces, and domain events mapped to rooms.
+
+With ``[redis] url`` set, python-socketio's Redis manager carries every emit
+to the clients of every process sharing that Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import socketio
+from aiohttp import web
+
+from qa.events import OnAirChanged, QuestionChanged, QuestionRemoved, QuestionSubmitted
+from qa.model import Question, staff_view, viewer_view
+from qa.service import VotesChanged
+from server import keys
+from server.auth import SESSION_COOKIE, Role
+from server.events import EventBus
+from server.http import VIEWER_COOKIE
+from server.metrics import Metrics
+from server.settings import Settings
+
+log = logging.getLogger("tv.realtime")
+
+PUBLIC = "/"
+MODERATION = "/moderation"
+# Vote counts can move hundreds of times a second on a popular question;
+# viewers get the latest count at most this often.
+VOTE_FLUSH_S = 0.25
+
+
+def viewer_room(viewer_id: str) -> str:
+    return f"viewer:{viewer_id}"
+
+
+def create_sio(settings: Settings) -> socketio.AsyncServer:
+    manager = None
+    if settings.redis_url:
+        manager = socketio.AsyncRedisManager(settings.redis_url,
+                                             channel=f"{settings.redis_channel}:socketio")
+    return socketio.AsyncServer(async_mode="aiohttp", client_manager=manager,
+                                ping_interval=20, ping_timeout=20,
+                                max_http_buffer_size=64 * 1024)
+
+
+class _Namespace(socketio.AsyncNamespace):  # type: ignore[misc]
+    def __init__(self, namespace: str, app: web.Application) -> None:
+        super().__init__(namespace)
+        self.app = app
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.app[keys.METRICS]
+
+    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        self.metrics.sockets.labels(self.namespace).dec()
+
+
+class PublicNamespace(_Namespace):
+    """Anyone: programme, public questions, on-air, and one's own questions."""
+
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        request: web.Request = environ["aiohttp.request"]
+        viewer = request.cookies.get(VIEWER_COOKIE)
+        if viewer:
+            await self.enter_room(sid, viewer_room(viewer))
+        self.metrics.sockets.labels(self.namespace).inc()
+        on_air = await self.app[keys.QUESTIONS].on_air()
+        await self.emit("on_air", viewer_view(on_air) if on_air else None, to=sid)
+
+
+class StaffNamespace(_Namespace):
+    """Staff only: the session cookie must belong to at least ``role``."""
+
+    role = Role.MODERATOR
+
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        request: web.Request = environ["aiohttp.request"]
+        staff = await self.app[keys.AUTH].staff_for_token(request.cookies.get(SESSION_COOKIE))
+        if staff is None:
+            raise socketio.exceptions.ConnectionRefusedError(
+                {"error": "not_authenticated", "message": "sign in with a staff account"})
+        if not staff.role.allows(self.role):
+            raise socketio.exceptions.ConnectionRefusedError(
+                {"error": "forbidden", "message": "your role may not join this namespace"})
+        await self.save_session(sid, {"username": staff.username, "role": staff.role.value})
+        self.metrics.sockets.labels(self.namespace).inc()
+        on_air = await self.app[keys.QUESTIONS].on_air()
+        await self.emit("on_air", staff_view(on_air) if on_air else None, to=sid)
+
+
+class Broadcaster:
+    """Turns domain events into Socket.IO pushes to the right namespaces and rooms."""
+
+    def __init__(self, sio: socketio.AsyncServer) -> None:
+        self.sio = sio
+        self._votes: dict[int, Question] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    def subscribe(self, bus: EventBus) -> None:
+        bus.subscribe(QuestionSubmitted, self.on_submitted)
+        bus.subscribe(QuestionChanged, self.on_changed)
+        bus.subscribe(QuestionRemoved, self.on_removed)
+        bus.subscribe(OnAirChanged, self.on_air)
+        bus.subscribe(VotesChanged, self.on_votes)
+
+    async def on_submitted(self, event: QuestionSubmitted) -> None:
+        q = event.question
+        await self.sio.emit("question", staff_view(q), namespace=MODERATION)
+        await self.sio.emit("my_question", viewer_view(q), namespace=PUBLIC,
+                            room=viewer_room(q.viewer_id))
+
+    async def on_changed(self, event: QuestionChanged) -> None:
+        q = event.question
+        await self.sio.emit("question", staff_view(q), namespace=MODERATION)
+        if q.is_public:
+            await self.sio.emit("question", viewer_view(q), namespace=PUBLIC)
+        elif event.was_public:
+            await self.sio.emit("question_removed", {"id": q.id}, namespace=PUBLIC)
+        if event.status_changed:
+            await self.sio.emit("my_question", viewer_view(q), namespace=PUBLIC,
+                                room=viewer_room(q.viewer_id))
+
+    async def on_removed(self, event: QuestionRemoved) -> None:
+        q = event.question
+        await self.sio.emit("question_removed", {"id": q.id}, namespace=MODERATION)
+        if event.was_public:
+            await self.sio.emit("question_removed", {"id": q.id}, namespace=PUBLIC)
+        await self.sio.emit("my_question", viewer_view(q), namespace=PUBLIC,
+                            room=viewer_room(q.viewer_id))
+
+    async def on_air(self, event: OnAirChanged) -> None:
+        q = event.question
+        await self.sio.emit("on_air", staff_view(q) if q else None, namespace=MODERATION)
+        await self.sio.emit("on_air", viewer_view(q) if q else None, namespace=PUBLIC)
+
+    async def on_votes(self, event: VotesChanged) -> None:
+        self._votes[event.question.id] = event.question
+
+    async def _flush_votes(self) -> None:
+        while True:
+            await asyncio.sleep(VOTE_FLUSH_S)
+            pending, self._votes = self._votes, {}
+            for q in pending.values():
+                try:
+                    await self.sio.emit("question", viewer_view(q), namespace=PUBLIC)
+                    await self.sio.emit("question", staff_view(q), namespace=MODERATION)
+                except Exception:
+                    log.exception("pushing vote counts failed", extra={"question_id": q.id})
+
+    async def run(self) -> AsyncIterator[None]:
+        self._flusher = asyncio.create_task(self._flush_votes(), name="vote-flusher")
+        yield
+        self._flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._flusher
+
+
+def register_namespaces(sio: socketio.AsyncServer, app: web.Application) -> None:
+    sio.register_namespace(PublicNamespace(PUBLIC, app))
+    sio.register_namespace(StaffNamespace(MODERATION, app))

@@ -1,0 +1,298 @@
+"""Settings read from TOML into frozen dataclasses, validated at load.
+
+Every error names the key at fault, so that a bad ``config.toml`` stops the
+server at start-up with a sentence an operator can act on.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+
+class ConfigError(ValueError):
+    """The configuration file cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Theme:
+    id: str
+    title_fr: str
+    title_en: str
+
+    def title(self, lang: str) -> str:
+        return self.title_en if lang == "en" and self.title_en else self.title_fr
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    title: str
+    timezone: str
+    planned_start: datetime
+    """Aware datetime in the event's time zone."""
+    duration_s: int
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    secure_cookies: bool = False
+    """Set the ``Secure`` flag on cookies (true behind HTTPS in production)."""
+    trust_forwarded: bool = False
+    """Take the client address from ``X-Forwarded-For`` (only behind a proxy you run)."""
+    session_hours: float = 12.0
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    count: int
+    window_s: float
+
+
+@dataclass(frozen=True)
+class QaSettings:
+    text_max: int = 500
+    author_max: int = 60
+    per_viewer: RateLimit = RateLimit(5, 600)
+    per_ip: RateLimit = RateLimit(100, 600)
+    votes_per_viewer: RateLimit = RateLimit(120, 600)
+    profanity: tuple[str, ...] = ()
+    """Extra words or phrases, added to the built-in French and English lists."""
+    duplicate_threshold: float = 0.75
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    login_failures: RateLimit = RateLimit(5, 900)
+
+
+@dataclass(frozen=True)
+class WebRtcSettings:
+    host_addresses: tuple[str, ...] = ()
+    ice_servers: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Settings:
+    event: EventSettings
+    themes: tuple[Theme, ...]
+    database_url: str
+    redis_url: str = ""
+    redis_channel: str = "tv"
+    http: HttpSettings = HttpSettings()
+    qa: QaSettings = QaSettings()
+    auth: AuthSettings = AuthSettings()
+    webrtc: WebRtcSettings = WebRtcSettings()
+    log_format: str = "json"
+    log_level: str = "INFO"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def theme(self, theme_id: str) -> Theme | None:
+        return next((t for t in self.themes if t.id == theme_id), None)
+
+    def with_overrides(self, **kwargs: Any) -> Settings:
+        return replace(self, **kwargs)
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and validate a TOML configuration file."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigError(f"configuration file {path} does not exist") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    return parse_settings(raw, base_dir=path.parent)
+
+
+def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
+    r = _Reader(raw)
+    event = _event(r)
+    themes = _themes(r)
+    db_url = r.string("database.url", "")
+    if not db_url:
+        db_url = f"sqlite+aiosqlite:///{(base_dir / 'data' / 'tv.sqlite3').resolve()}"
+    db_url = _normalise_db_url(db_url)
+    http = HttpSettings(
+        host=r.string("http.host", "127.0.0.1"),
+        port=r.integer("http.port", 8080, lo=1, hi=65535),
+        secure_cookies=r.boolean("http.secure_cookies", False),
+        trust_forwarded=r.boolean("http.trust_forwarded", False),
+        session_hours=r.number("http.session_hours", 12.0, lo=0.1),
+    )
+    qa = QaSettings(
+        text_max=r.integer("qa.text_max", 500, lo=10, hi=10_000),
+        author_max=r.integer("qa.author_max", 60, lo=1, hi=500),
+        per_viewer=r.rate("qa.rate_per_viewer", RateLimit(5, 600)),
+        per_ip=r.rate("qa.rate_per_ip", RateLimit(100, 600)),
+        votes_per_viewer=r.rate("qa.votes_per_viewer", RateLimit(120, 600)),
+        profanity=tuple(r.str_list("qa.profanity", [])),
+        duplicate_threshold=r.number("qa.duplicate_threshold", 0.75, lo=0.1, hi=1.0),
+    )
+    auth = AuthSettings(login_failures=r.rate("auth.login_failures", RateLimit(5, 900)))
+    webrtc = WebRtcSettings(
+        host_addresses=tuple(r.str_list("webrtc.host_addresses", [])),
+        ice_servers=tuple(r.table_list("webrtc.ice_servers")),
+    )
+    log_format = r.string("logging.format", "json")
+    if log_format not in ("json", "text"):
+        raise ConfigError('logging.format must be "json" or "text"')
+    log_level = r.string("logging.level", "INFO").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("logging.level must be one of DEBUG, INFO, WARNING, ERROR")
+    return Settings(
+        event=event,
+        themes=themes,
+        database_url=db_url,
+        redis_url=r.string("redis.url", ""),
+        redis_channel=r.string("redis.channel", "tv"),
+        http=http,
+        qa=qa,
+        auth=auth,
+        webrtc=webrtc,
+        log_format=log_format,
+        log_level=log_level,
+        extra={k: v for k, v in raw.items() if k not in _KNOWN_SECTIONS},
+    )
+
+
+_KNOWN_SECTIONS = {"event", "themes", "database", "redis", "http", "qa", "auth", "webrtc",
+                   "logging"}
+
+
+def _normalise_db_url(url: str) -> str:
+    """Accept the plain ``sqlite:///`` and ``postgresql://`` forms, use async drivers."""
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url.removeprefix("sqlite:///")
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    if url.startswith(("sqlite+aiosqlite:///", "postgresql+asyncpg://")):
+        return url
+    raise ConfigError("database.url must start with sqlite:/// or postgresql://")
+
+
+def _event(r: _Reader) -> EventSettings:
+    tz_name = r.string("event.timezone", "Europe/Paris")
+    try:
+        tz = ZoneInfo(tz_name)
+    except (ZoneInfoNotFoundError, ValueError) as e:
+        raise ConfigError(f"event.timezone: unknown time zone {tz_name!r}") from e
+    start_raw = r.string("event.start", None)
+    try:
+        start = datetime.fromisoformat(start_raw)
+    except ValueError as e:
+        raise ConfigError(
+            f"event.start: {start_raw!r} is not a date and time like 2027-05-09T14:00"
+        ) from e
+    start = start.replace(tzinfo=tz) if start.tzinfo is None else start.astimezone(tz)
+    return EventSettings(
+        title=r.string("event.title", None),
+        timezone=tz_name,
+        planned_start=start,
+        duration_s=r.integer("event.duration_minutes", 240, lo=1, hi=24 * 60) * 60,
+    )
+
+
+def _themes(r: _Reader) -> tuple[Theme, ...]:
+    items = r.table_list("themes")
+    if not items:
+        raise ConfigError("themes: at least one [[themes]] entry is required")
+    themes: list[Theme] = []
+    for i, item in enumerate(items):
+        key = f"themes[{i}]"
+        tid, fr, en = item.get("id"), item.get("title_fr"), item.get("title_en", "")
+        if not isinstance(tid, str) or not tid or not tid.replace("-", "").isalnum():
+            raise ConfigError(f"{key}.id must be a non-empty string of letters, digits and -")
+        if not isinstance(fr, str) or not fr.strip():
+            raise ConfigError(f"{key}.title_fr must be a non-empty string")
+        if not isinstance(en, str):
+            raise ConfigError(f"{key}.title_en must be a string")
+        if any(t.id == tid for t in themes):
+            raise ConfigError(f"{key}.id {tid!r} is used twice")
+        themes.append(Theme(tid, fr.strip(), en.strip()))
+    return tuple(themes)
+
+
+class _Reader:
+    """Typed access to dotted keys, raising ConfigError that names the key."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.raw = raw
+
+    def _get(self, key: str) -> Any:
+        node: Any = self.raw
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return _MISSING
+            node = node[part]
+        return node
+
+    def _required(self, key: str, default: Any) -> Any:
+        value = self._get(key)
+        if value is _MISSING:
+            if default is None:
+                raise ConfigError(f"{key} is required")
+            return default
+        return value
+
+    def string(self, key: str, default: str | None) -> str:
+        value = self._required(key, default)
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._required(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false")
+        return value
+
+    def integer(self, key: str, default: int, lo: int | None = None, hi: int | None = None) -> int:
+        value = self._required(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be a whole number")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ConfigError(f"{key} must be between {lo} and {hi}")
+        return value
+
+    def number(self, key: str, default: float, lo: float | None = None,
+              hi: float | None = None) -> float:
+        value = self._required(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ConfigError(f"{key} must be between {lo} and {hi}")
+        return float(value)
+
+    def str_list(self, key: str, default: list[str]) -> list[str]:
+        value = self._required(key, default)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key} must be a list of strings")
+        return list(value)
+
+    def table_list(self, key: str) -> list[dict[str, Any]]:
+        value = self._get(key)
+        if value is _MISSING:
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ConfigError(f"{key} must be a list of tables")
+        return list(value)
+
+    def rate(self, key: str, default: RateLimit) -> RateLimit:
+        value = self._get(key)
+        if value is _MISSING:
+            return default
+        if (not isinstance(value, dict) or not isinstance(value.get("count"), int)
+                or not isinstance(value.get("window_s"), int | float)
+                or value["count"] < 1 or value["window_s"] <= 0):
+            raise ConfigError(f"{key} must be a table {{count = N, window_s = S}} with N >= 1")
+        return RateLimit(int(value["count"]), float(value["window_s"]))
+
+
+_MISSING = object()

@@ -1,0 +1,1 @@
+"""WebRTC ingest and the programme video (issue 4)."""
