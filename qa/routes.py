@@ -63,7 +63,7 @@ def _question_id(request: web.Request) -> int:
 
 @routes.get("/api/themes")
 async def themes(request: web.Request) -> web.Response:
-    lang = request["lang"]
+    lang = request[keys.LANG]
     return json_response([{"id": t.id, "title": t.title(lang), "title_fr": t.title_fr,
                            "title_en": t.title_en}
                           for t in request.app[keys.SETTINGS].themes])
@@ -73,7 +73,7 @@ async def themes(request: web.Request) -> web.Response:
 async def submit(request: web.Request) -> web.Response:
     body = await read_json(request)
     async with _domain_errors():
-        question = await _service(request).submit(request["viewer_id"], client_ip(request), body)
+        question = await _service(request).submit(request[keys.VIEWER_ID], client_ip(request), body)
     return json_response(viewer_view(question), status=201)
 
 
@@ -86,14 +86,14 @@ async def list_questions(request: web.Request) -> web.Response:
             items = await _service(request).list_all(q.get("theme"), q.get("status"),
                                                      q.get("sort", "recent"))
             return json_response([staff_view(x) for x in items])
-        pairs = await _service(request).list_public(request["viewer_id"], q.get("theme"),
+        pairs = await _service(request).list_public(request[keys.VIEWER_ID], q.get("theme"),
                                                     q.get("sort", "recent"), q.get("status"))
     return json_response([{**viewer_view(x), "voted": voted} for x, voted in pairs])
 
 
 @routes.get("/api/questions/mine")
 async def mine(request: web.Request) -> web.Response:
-    items = await _service(request).mine(request["viewer_id"])
+    items = await _service(request).mine(request[keys.VIEWER_ID])
     return json_response([viewer_view(x) for x in items])
 
 
@@ -154,7 +154,7 @@ async def merge(request: web.Request) -> web.Response:
 async def _vote(request: web.Request, add: bool) -> web.Response:
     qid = _question_id(request)
     async with _domain_errors("vote_rate_limited"):
-        votes, voted = await _service(request).vote(qid, request["viewer_id"], add)
+        votes, voted = await _service(request).vote(qid, request[keys.VIEWER_ID], add)
     return json_response({"id": qid, "votes": votes, "voted": voted})
 
 

@@ -20,6 +20,8 @@ VIEWER_COOKIE = "tv_viewer"
 _VIEWER_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _ONE_YEAR = 365 * 24 * 3600
 
+_STAFF: web.RequestKey[Staff | None] = web.RequestKey("staff", object)  # type: ignore[arg-type]
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -39,7 +41,7 @@ class ApiError(Exception):
 def error_response(request: web.Request, status: int, code: str,
                    headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None,
                    **params: Any) -> web.Response:
-    lang = request.get("lang", "fr")
+    lang = request.get(keys.LANG, "fr")
     body = {"error": code, "message": i18n.message(code, lang, **params), **(extra or {})}
     return web.json_response(body, status=status, headers=headers,
                              dumps=lambda o: json.dumps(o, ensure_ascii=False))
@@ -81,21 +83,21 @@ def client_ip(request: web.Request) -> str:
 @web.middleware
 async def identity_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give every visitor a language and an anonymous, long-lived viewer id."""
-    request["lang"] = i18n.pick_language(request.query.get("lang"),
+    request[keys.LANG] = i18n.pick_language(request.query.get("lang"),
                                          request.cookies.get(i18n.LANG_COOKIE),
                                          request.headers.get("Accept-Language"))
     viewer = request.cookies.get(VIEWER_COOKIE, "")
     is_new = not _VIEWER_RE.fullmatch(viewer)
     if is_new:
         viewer = secrets.token_urlsafe(16)
-    request["viewer_id"] = viewer
+    request[keys.VIEWER_ID] = viewer
     response = await handler(request)
     secure = request.app[keys.SETTINGS].http.secure_cookies
     if is_new and not response.prepared:
         response.set_cookie(VIEWER_COOKIE, viewer, max_age=_ONE_YEAR, httponly=True,
                             samesite="Lax", secure=secure, path="/")
     if request.query.get("lang") in i18n.LANGUAGES and not response.prepared:
-        response.set_cookie(i18n.LANG_COOKIE, request["lang"], max_age=_ONE_YEAR,
+        response.set_cookie(i18n.LANG_COOKIE, request[keys.LANG], max_age=_ONE_YEAR,
                             samesite="Lax", secure=secure, path="/")
     return response
 
@@ -119,11 +121,10 @@ async def read_json(request: web.Request, max_bytes: int = 64 * 1024) -> dict[st
 
 
 async def current_staff(request: web.Request) -> Staff | None:
-    if "staff" not in request:
+    if _STAFF not in request:
         token = request.cookies.get(SESSION_COOKIE)
-        request["staff"] = await request.app[keys.AUTH].staff_for_token(token)
-    staff: Staff | None = request["staff"]
-    return staff
+        request[_STAFF] = await request.app[keys.AUTH].staff_for_token(token)
+    return request[_STAFF]
 
 
 _SAFE_METHODS = ("GET", "HEAD", "OPTIONS")

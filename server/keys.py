@@ -33,3 +33,7 @@ SIO: web.AppKey[socketio.AsyncServer] = web.AppKey("sio")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 JINJA: web.AppKey[jinja2.Environment] = web.AppKey("jinja")
 CATALOG: web.AppKey[Catalog] = web.AppKey("catalog")
+
+# Per-request values set by middleware.
+LANG: web.RequestKey[str] = web.RequestKey("lang", str)
+VIEWER_ID: web.RequestKey[str] = web.RequestKey("viewer_id", str)

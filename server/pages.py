@@ -29,7 +29,7 @@ def make_jinja(templates: Path) -> jinja2.Environment:
 def _render(request: web.Request, template: str, page_config: dict[str, Any] | None = None,
             staff: dict[str, str] | None = None, csrf_token: str | None = None) -> web.Response:
     app = request.app
-    settings, catalog, lang = app[keys.SETTINGS], app[keys.CATALOG], request["lang"]
+    settings, catalog, lang = app[keys.SETTINGS], app[keys.CATALOG], request[keys.LANG]
     themes = [{"id": t.id, "title": t.title(lang)} for t in settings.themes]
     limits = {"text_max": settings.qa.text_max, "author_max": settings.qa.author_max}
     config: dict[str, Any] = {"lang": lang, "themes": themes, "limits": limits,

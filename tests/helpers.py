@@ -1,0 +1,120 @@
+"""Test helpers: real HTTP viewers, real Socket.IO clients, staff sign-in."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import socketio
+
+from server.settings import Settings, parse_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "correct horse battery staple"
+
+
+def test_settings(tmp_path: Path, database_url: str | None = None, redis_url: str = "",
+                  redis_channel: str = "tvtest", **sections: dict[str, Any]) -> Settings:
+    """The real config.toml, pointed at a private database and kept on loopback."""
+    raw = tomllib.loads((ROOT / "config.toml").read_text("utf-8"))
+    raw["database"] = {"url": database_url or f"sqlite:///{tmp_path / 'tv.sqlite3'}"}
+    raw["redis"] = {"url": redis_url, "channel": redis_channel}
+    raw["webrtc"] = {"host_addresses": ["127.0.0.1"], "ice_servers": []}
+    raw["logging"] = {"format": "text", "level": "WARNING"}
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    return parse_settings(raw, base_dir=tmp_path)
+
+
+def services_required() -> bool:
+    """In CI a missing PostgreSQL, Redis or Chromium is a failure, not a skip."""
+    return os.environ.get("TV_REQUIRE_SERVICES") == "1"
+
+
+@dataclass
+class Http:
+    """One browser-like HTTP client with its own cookie jar (one viewer or staff member)."""
+
+    base: str
+    session: aiohttp.ClientSession
+    csrf: str | None = None
+
+    @classmethod
+    async def open(cls, base: str, forwarded_for: str | None = None) -> Http:
+        headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+        session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
+                                        headers=headers)
+        return cls(base.rstrip("/"), session)
+
+    async def request(self, method: str, path: str, body: Any = None,
+                      **kwargs: Any) -> tuple[int, Any, aiohttp.ClientResponse]:
+        headers = dict(kwargs.pop("headers", {}))
+        if self.csrf and method not in ("GET", "HEAD"):
+            headers.setdefault("X-CSRF-Token", self.csrf)
+        async with self.session.request(method, self.base + path, json=body, headers=headers,
+                                        allow_redirects=False, **kwargs) as resp:
+            body: Any = await resp.read()
+            if resp.content_type == "application/json":
+                body = json.loads(body)
+            return resp.status, body, resp
+
+    async def sign_in(self, username: str, password: str = PASSWORD) -> dict[str, Any]:
+        status, body, _ = await self.request("POST", "/api/session",
+                                             {"username": username, "password": password})
+        assert status == 200, body
+        self.csrf = body["csrf_token"]
+        return dict(body)
+
+    def cookie_header(self) -> str:
+        return "; ".join(f"{c.key}={c.value}" for c in self.session.cookie_jar)
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+@dataclass
+class Listener:
+    """A real Socket.IO client whose pushes are collected per event name."""
+
+    client: socketio.AsyncClient
+    namespace: str
+    queues: dict[str, asyncio.Queue[Any]] = field(default_factory=dict)
+
+    @classmethod
+    async def connect(cls, base: str, namespace: str = "/", cookies: str = "",
+                      events: tuple[str, ...] = ("question", "question_removed", "on_air",
+                                                 "my_question", "programme")) -> Listener:
+        client = socketio.AsyncClient(reconnection=False)
+        listener = cls(client, namespace)
+        for name in events:
+            queue: asyncio.Queue[Any] = asyncio.Queue()
+            listener.queues[name] = queue
+            client.on(name, queue.put_nowait, namespace=namespace)
+        headers = {"Cookie": cookies} if cookies else {}
+        await client.connect(base, namespaces=[namespace], transports=["websocket"],
+                             headers=headers, wait_timeout=5)
+        return listener
+
+    async def next(self, event: str, within: float = 5.0,
+                   where: Any = None) -> Any:
+        """The next push of ``event`` (matching ``where`` if given), or TimeoutError."""
+        async with asyncio.timeout(within):
+            while True:
+                item = await self.queues[event].get()
+                if where is None or where(item):
+                    return item
+
+    def drain(self, event: str) -> list[Any]:
+        items = []
+        while not self.queues[event].empty():
+            items.append(self.queues[event].get_nowait())
+        return items
+
+    async def close(self) -> None:
+        await self.client.disconnect()
