@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("--role", required=True, choices=[r.value for r in Role])
     add.add_argument("--password-file", type=Path,
                      help="read the password from this file's first line instead of asking")
+    # "run.py adduser NAME ... --config F" works as well as "run.py --config F adduser ...";
+    # SUPPRESS keeps the main parser's value when the option is not repeated here.
+    add.add_argument("--config", default=argparse.SUPPRESS, help="configuration file")
     args = parser.parse_args(argv)
 
     try:
@@ -73,12 +76,18 @@ def _adduser(settings: Settings, name: str, role: Role, password_file: Path | No
         return 2
 
     async def go() -> bool:
-        async for engine in db.engine_context(settings.database_url):
+        # Disposed of here, in the running loop: returning from inside
+        # ``async for engine in db.engine_context(...)`` left that to the
+        # generator's finaliser, which printed a traceback on PostgreSQL.
+        engine = db.make_engine(settings.database_url)
+        try:
+            await db.migrate(engine)
             clock = SystemClock()
             auth = AuthService(engine, clock, MemoryRateLimiter(clock), 1,
                                settings.auth.login_failures)
             return await auth.add_user(name, password, role)
-        raise AssertionError("unreachable")
+        finally:
+            await engine.dispose()
 
     try:
         created = asyncio.run(go())

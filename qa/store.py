@@ -132,6 +132,32 @@ class NewQuestion:
     created_at: datetime
 
 
+# Any constant works; it only has to be the same in every process of the show.
+_QUEUE_LOCK = 72_090_510
+
+
+async def _serialise(conn: AsyncConnection) -> None:
+    """Queue this transaction behind others that read, then write, shared state.
+
+    Placing a question in the starred queue and putting one on air both read
+    the other rows before writing; two moderators (on one process or several)
+    doing so at once must take turns, or both read the same queue and write
+    the same position. Must be the transaction's first statement.
+    """
+    if conn.dialect.name == "postgresql":
+        await conn.execute(sql_text("SELECT pg_advisory_xact_lock(:k)"), {"k": _QUEUE_LOCK})
+    elif conn.dialect.name == "sqlite":
+        # Take SQLite's write lock now, waiting for it (busy_timeout). Without
+        # it the reads run outside any transaction, or, after a SAVEPOINT, in a
+        # read snapshot whose later upgrade to a write fails at once with
+        # "database is locked" when another writer committed in between.
+        await conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+_MAX_ID = 2**31 - 1
+"""The largest id an INTEGER column holds on PostgreSQL."""
+
+
 class _Rollback(Exception):
     """Undo a transaction whose optimistic check failed."""
 
@@ -166,6 +192,8 @@ class QuestionStore:
                                .values(flags=json.dumps(list(flags))))
 
     async def get(self, question_id: int) -> Question | None:
+        if not 0 < question_id <= _MAX_ID:
+            return None  # no such row, and the driver would overflow on a huge id
         async with self.engine.connect() as conn:
             return await self._get(conn, question_id)
 
@@ -236,6 +264,7 @@ class QuestionStore:
         """
         try:
             async with self.engine.begin() as conn:
+                await _serialise(conn)
                 queue = list((await conn.execute(
                     select(Q.c.id, Q.c.queue_position)
                     .where(Q.c.queue_position.is_not(None), Q.c.id != question_id)
@@ -309,6 +338,7 @@ class QuestionStore:
         Returns the questions taken off air and the one now on air.
         """
         async with self.engine.begin() as conn:
+            await _serialise(conn)
             try:
                 async with conn.begin_nested():
                     off_ids = [r[0] for r in await conn.execute(

@@ -54,6 +54,11 @@ def _upgrade(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
         # Several processes may start together; one migrates, the others wait.
         connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+    elif connection.dialect.name == "sqlite":
+        # The same for SQLite: take the write lock first (the others wait,
+        # busy_timeout), which also keeps the DDL in one transaction instead
+        # of the driver committing each CREATE on its own.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
     command.upgrade(_alembic_config(connection), "head")
 
 

@@ -13,6 +13,7 @@ from aiohttp import web
 from server import keys
 from server.auth import SESSION_COOKIE, BadCredentials, Role, TooManyAttempts
 from server.http import ApiError, client_ip, current_staff, json_response, read_json, require_staff
+from server.i18n import LANGUAGES
 
 routes = web.RouteTableDef()
 
@@ -52,6 +53,10 @@ async def watch(request: web.Request) -> web.Response:
 
 @routes.get("/overlay")
 async def overlay(request: web.Request) -> web.Response:
+    # The overlay is burnt into a French broadcast: the browser source's own
+    # language (often English) must not choose it; only ?lang= does.
+    wanted = request.query.get("lang", "")
+    request[keys.LANG] = wanted if wanted in LANGUAGES else "fr"
     return _render(request, "overlay.html")
 
 
@@ -80,7 +85,10 @@ async def logout_page(request: web.Request) -> web.Response:
 async def _staff_page(request: web.Request, template: str, role: Role) -> web.Response:
     staff = await current_staff(request)
     if staff is None or not staff.role.allows(role):
-        raise web.HTTPFound(f"/login?next={quote(request.path_qs)}")
+        redirect = web.HTTPFound("/login")
+        # Set after construction: aiohttp would normalise %2F back to a bare "/".
+        redirect.headers["Location"] = f"/login?next={quote(request.path_qs, safe='')}"
+        raise redirect
     return _render(request, template, staff={"username": staff.username,
                                              "role": staff.role.value},
                    csrf_token=staff.csrf_token)

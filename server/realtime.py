@@ -38,11 +38,25 @@ def viewer_room(viewer_id: str) -> str:
     return f"viewer:{viewer_id}"
 
 
+class _RedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
+    """python-socketio's Redis manager, keeping a lone ``null`` argument a ``null``.
+
+    Every emit goes through ``_handle_emit``, in the emitting process as in
+    the others; it unwraps a one-argument list, then reads the ``None`` it got
+    as "no argument at all". ``on_air`` cleared (``null``) would reach every
+    client as an event without its argument. A 1-tuple stays one argument.
+    """
+
+    async def _handle_emit(self, message: dict[str, Any]) -> None:
+        if message.get("data") == [None] and not message.get("binary"):
+            message = {**message, "data": [(None,)]}
+        await super()._handle_emit(message)
+
+
 def create_sio(settings: Settings) -> socketio.AsyncServer:
     manager = None
     if settings.redis_url:
-        manager = socketio.AsyncRedisManager(settings.redis_url,
-                                             channel=f"{settings.redis_channel}:socketio")
+        manager = _RedisManager(settings.redis_url, channel=f"{settings.redis_channel}:socketio")
     return socketio.AsyncServer(async_mode="aiohttp", client_manager=manager,
                                 ping_interval=20, ping_timeout=20,
                                 max_http_buffer_size=64 * 1024)
@@ -71,7 +85,7 @@ class PublicNamespace(_Namespace):
             await self.enter_room(sid, viewer_room(viewer))
         self.metrics.sockets.labels(self.namespace).inc()
         on_air = await self.app[keys.QUESTIONS].on_air()
-        await self.emit("on_air", viewer_view(on_air) if on_air else None, to=sid)
+        await self.emit("on_air", (viewer_view(on_air) if on_air else None,), to=sid)
 
 
 class StaffNamespace(_Namespace):
@@ -91,7 +105,7 @@ class StaffNamespace(_Namespace):
         await self.save_session(sid, {"username": staff.username, "role": staff.role.value})
         self.metrics.sockets.labels(self.namespace).inc()
         on_air = await self.app[keys.QUESTIONS].on_air()
-        await self.emit("on_air", staff_view(on_air) if on_air else None, to=sid)
+        await self.emit("on_air", (staff_view(on_air) if on_air else None,), to=sid)
 
 
 class Broadcaster:
@@ -136,8 +150,10 @@ class Broadcaster:
 
     async def on_air(self, event: OnAirChanged) -> None:
         q = event.question
-        await self.sio.emit("on_air", staff_view(q) if q else None, namespace=MODERATION)
-        await self.sio.emit("on_air", viewer_view(q) if q else None, namespace=PUBLIC)
+        # A 1-tuple: python-socketio sends a bare None as "no argument at all",
+        # and clients expect null (through Redis, _RedisManager keeps it so).
+        await self.sio.emit("on_air", (staff_view(q) if q else None,), namespace=MODERATION)
+        await self.sio.emit("on_air", (viewer_view(q) if q else None,), namespace=PUBLIC)
 
     async def on_votes(self, event: VotesChanged) -> None:
         self._votes[event.question.id] = event.question

@@ -61,7 +61,7 @@ async def redis_url() -> AsyncIterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Each test using this runs once on SQLite and once on real PostgreSQL."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'tv.sqlite3'}"
