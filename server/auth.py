@@ -101,8 +101,9 @@ class AuthService:
         self.session_ttl = timedelta(hours=session_hours)
         self.login_failures = login_failures
         self.hasher = PasswordHasher()
-        # Verified when the user name is unknown, so that timing does not tell.
-        self._dummy_hash = self.hasher.hash(secrets.token_hex(8))
+        # Verified when the user name is unknown, so that timing does not tell;
+        # made on first need, since hashing blocks for a noticeable moment.
+        self._dummy_hash: str | None = None
 
     async def add_user(self, username: str, password: str, role: Role) -> bool:
         """Create an account, or reset its password and role. True if created."""
@@ -138,6 +139,8 @@ class AuthService:
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(staff_table).where(
                 staff_table.c.username == username))).first()
+        if self._dummy_hash is None:
+            self._dummy_hash = await asyncio.to_thread(self.hasher.hash, secrets.token_hex(8))
         if not await asyncio.to_thread(self._verify, row.password_hash if row else None,
                                        password) or row is None:
             await self.limiter.hit(key, self.login_failures)
@@ -155,7 +158,9 @@ class AuthService:
 
     def _verify(self, hashed: str | None, password: str) -> bool:
         try:
-            return self.hasher.verify(hashed or self._dummy_hash, password) and hashed is not None
+            target = hashed or self._dummy_hash
+            return target is not None and self.hasher.verify(target, password) \
+                and hashed is not None
         except (VerificationError, InvalidHashError):
             return False
 

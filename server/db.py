@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from alembic import command
 from alembic.config import Config
@@ -64,9 +66,26 @@ def _upgrade(connection: Connection) -> None:
 
 async def migrate(engine: AsyncEngine) -> None:
     """Bring the schema to the latest migration."""
-    async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)
+    path = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
+    if not path or path == ":memory:":
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade)
+        return
+    # Processes opening a new SQLite file together can deadlock while one
+    # switches it to WAL and the others read; a lock file makes them take turns.
+    lock = await asyncio.to_thread(_lock_file, Path(path + ".migrate-lock"))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade)
+    finally:
+        lock.close()
     log.info("database schema is up to date", extra={"database": engine.url.render_as_string()})
+
+
+def _lock_file(path: Path) -> IO[bytes]:
+    handle = path.open("ab")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
 
 
 async def ping(engine: AsyncEngine) -> bool:

@@ -140,7 +140,7 @@ def pick_language(query: str | None, cookie: str | None, accept: str | None) -> 
                 q = float(bits[1]) if len(bits) > 1 else 1.0
             except ValueError:
                 q = 0.0
-            if tag in LANGUAGES:
+            if tag in LANGUAGES and q > 0:  # q=0 means "not this one"
                 ranked.append((q, tag))
         if ranked:
             return max(ranked, key=lambda r: r[0])[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, async_playwright
@@ -17,7 +18,7 @@ FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "-
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    if not os.path.exists(CHROMIUM):
+    if not Path(CHROMIUM).exists():  # noqa: ASYNC240 (one stat, before any I/O loop work)
         reason = f"Chromium not found at {CHROMIUM} (Debian package 'chromium')"
         if services_required():
             pytest.fail(f"TV_REQUIRE_SERVICES=1 but {reason}")
