@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="config.toml", help="configuration file")
     parser.add_argument("--host", help="address to listen on (overrides [http] host)")
     parser.add_argument("--port", type=int, help="port to listen on (overrides [http] port)")
+    parser.add_argument("--rehearsal", action="store_true",
+                        help="run the running order from now, apart from the real show's data")
+    parser.add_argument("--speed", type=float, default=1.0,
+                        help="with --rehearsal: how many times faster than real time")
     sub = parser.add_subparsers(dest="command")
     add = sub.add_parser("adduser", help="create a staff account (or reset its password)")
     add.add_argument("name")
@@ -48,6 +52,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "adduser":
         return _adduser(settings, args.name, Role(args.role), args.password_file)
 
+    if args.rehearsal:
+        if not settings.rehearsal_database_url:
+            print("configuration error: database.rehearsal_url is required for a rehearsal "
+                  "with PostgreSQL, to keep its data apart from the real show's",
+                  file=sys.stderr)
+            return 2
+        if not 0 < args.speed <= 10_000:
+            print("--speed must be between 0 and 10000", file=sys.stderr)
+            return 2
+        settings = settings.with_overrides(database_url=settings.rehearsal_database_url,
+                                           rehearsal_speed=args.speed)
+        log.info("rehearsal: the running order starts now", extra={"speed": args.speed})
+    elif args.speed != 1.0:
+        print("--speed only applies with --rehearsal", file=sys.stderr)
+        return 2
     host = args.host or settings.http.host
     port = args.port or settings.http.port
     log.info("starting the server", extra={"host": host, "port": port,

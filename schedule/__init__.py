@@ -1,1 +1,1 @@
-"""The programme schedule engine (issue 3)."""
+"""The programme: the running order, the take log and the live schedule engine."""

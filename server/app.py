@@ -11,9 +11,14 @@ from redis.asyncio import Redis
 from qa import routes as qa_routes
 from qa.service import QuestionService
 from qa.store import QuestionStore
+from schedule import model as schedule_model
+from schedule import routes as schedule_routes
+from schedule.model import EventInfo
+from schedule.service import ProgrammeService
+from schedule.store import TakeLog
 from server import db, keys, pages
 from server.auth import AuthService
-from server.clock import Clock, SystemClock
+from server.clock import Clock, SpeedClock, SystemClock
 from server.events import EventBus
 from server.http import Handler, errors_middleware, identity_middleware, json_response
 from server.i18n import Catalog
@@ -46,7 +51,9 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
                                        errors_middleware, security_headers],
                           client_max_size=256 * 1024)
     app[keys.SETTINGS] = settings
-    app[keys.CLOCK] = clock or SystemClock()
+    if clock is None:
+        clock = SpeedClock(settings.rehearsal_speed) if settings.rehearsal_speed else SystemClock()
+    app[keys.CLOCK] = clock
     app[keys.BUS] = EventBus()
     app[keys.METRICS] = Metrics()
     app[keys.CATALOG] = Catalog(ROOT / "static" / "i18n")
@@ -55,18 +62,20 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
     app[keys.SIO] = sio
     sio.attach(app)
     register_namespaces(sio, app)
-    broadcaster = Broadcaster(sio)
+    broadcaster = Broadcaster(sio, lambda: app[keys.PROGRAMME_VIEW]())
     broadcaster.subscribe(app[keys.BUS])
 
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_redis)
     app.cleanup_ctx.append(_services)
+    app.cleanup_ctx.append(_programme)
     app.cleanup_ctx.append(lambda _app: broadcaster.run())
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_routes(pages.routes)
     app.router.add_routes(qa_routes.routes)
+    app.router.add_routes(schedule_routes.routes)
     app.router.add_static("/static", ROOT / "static", append_version=False)
     return app
 
@@ -105,8 +114,35 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     await questions.stop()
 
 
+async def _programme(app: web.Application) -> AsyncIterator[None]:
+    settings, clock = app[keys.SETTINGS], app[keys.CLOCK]
+    plan, show = settings.plan, "show"
+    speed = settings.rehearsal_speed or 1.0
+    if settings.rehearsal_speed:
+        # The same running order, moved to start now, in a log of its own.
+        plan, show = plan.shifted(clock.now() - plan.planned_start), "rehearsal"
+    store = TakeLog(app[keys.ENGINE], show)
+    if settings.rehearsal_speed:
+        await store.clear()
+    service = ProgrammeService(store, plan, clock, app[keys.BUS].publish,
+                               settings.auto_start or bool(settings.rehearsal_speed), speed)
+    event = EventInfo(settings.event.title, settings.event.timezone,
+                      rehearsal=bool(settings.rehearsal_speed), speed=speed)
+    sites = {f.id: {"name": f.name_fr, "name_en": f.name_en, "site": f.site,
+                    "timezone": f.timezone} for f in settings.feeds}
+    app[keys.PROGRAMME] = service
+    app[keys.PROGRAMME_VIEW] = lambda: schedule_model.view(service.snapshot(), clock.now(),
+                                                           event, sites)
+    await service.start()
+    yield
+    await service.stop()
+
+
 async def healthz(request: web.Request) -> web.Response:
     if not await db.ping(request.app[keys.ENGINE]):
         return json_response({"status": "unavailable", "error": "service_unavailable",
                               "message": "the database cannot be reached"}, status=503)
+    if not request.app[keys.PROGRAMME].running:
+        return json_response({"status": "unavailable", "error": "service_unavailable",
+                              "message": "the programme engine is not running"}, status=503)
     return json_response({"status": "ok"})

@@ -17,8 +17,8 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, delete, insert,
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from qa.store import UtcDateTime
 from server.clock import Clock
+from server.dbtypes import UtcDateTime
 from server.ratelimit import RateLimiter
 from server.settings import RateLimit
 

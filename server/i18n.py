@@ -81,6 +81,21 @@ ERRORS: Mapping[str, Mapping[str, str]] = {
     "vote_rate_limited": {
         "fr": "Trop de votes d'un coup : réessayez dans {minutes} min.",
         "en": "Too many votes at once: try again in {minutes} min."},
+    "unknown_segment": {
+        "fr": "Cette séquence n'existe pas dans le conducteur.",
+        "en": "This segment is not in the running order."},
+    "invalid_seconds": {
+        "fr": "Indiquez une durée en secondes, entre -3600 et 3600, différente de 0.",
+        "en": "Give a duration in seconds, between -3600 and 3600, other than 0."},
+    "programme_not_live": {
+        "fr": "Aucune séquence n'est à l'antenne.", "en": "No segment is on air."},
+    "programme_already_started": {
+        "fr": "L'émission a déjà commencé.", "en": "The show has already started."},
+    "programme_ended": {
+        "fr": "L'émission est terminée.", "en": "The show has ended."},
+    "programme_changed": {
+        "fr": "Le conducteur vient de changer : réessayez.",
+        "en": "The running order just changed: try again."},
     "invalid_json": {
         "fr": "Le corps de la requête doit être un objet JSON.",
         "en": "The request body must be a JSON object."},

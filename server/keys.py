@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from qa.service import QuestionService
+    from schedule.service import ProgrammeService
     from server.auth import AuthService
     from server.clock import Clock
     from server.events import EventBus
@@ -29,6 +31,8 @@ BUS: web.AppKey[EventBus] = web.AppKey("bus")
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
 AUTH: web.AppKey[AuthService] = web.AppKey("auth")
 QUESTIONS: web.AppKey[QuestionService] = web.AppKey("questions")
+PROGRAMME: web.AppKey[ProgrammeService] = web.AppKey("programme")
+PROGRAMME_VIEW: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("programme_view")
 SIO: web.AppKey[socketio.AsyncServer] = web.AppKey("sio")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 JINJA: web.AppKey[jinja2.Environment] = web.AppKey("jinja")

@@ -34,7 +34,9 @@ def _render(request: web.Request, template: str, page_config: dict[str, Any] | N
     themes = [{"id": t.id, "title": t.title(lang)} for t in settings.themes]
     limits = {"text_max": settings.qa.text_max, "author_max": settings.qa.author_max}
     config: dict[str, Any] = {"lang": lang, "themes": themes, "limits": limits,
-                              "event_title": settings.event.title, **(page_config or {})}
+                              "event_title": settings.event.title,
+                              "event_timezone": settings.event.timezone,
+                              "programme": app[keys.PROGRAMME_VIEW](), **(page_config or {})}
     if staff is not None:
         config["staff"] = staff
         config["csrf_token"] = csrf_token
@@ -97,6 +99,16 @@ async def _staff_page(request: web.Request, template: str, role: Role) -> web.Re
 @routes.get("/moderation")
 async def moderation(request: web.Request) -> web.Response:
     return await _staff_page(request, "moderation.html", Role.MODERATOR)
+
+
+@routes.get("/control")
+async def control(request: web.Request) -> web.Response:
+    return await _staff_page(request, "control.html", Role.DIRECTOR)
+
+
+@routes.get("/programme")
+async def programme(request: web.Request) -> web.Response:
+    return _render(request, "programme.html")
 
 
 # --- the sign-in API ---------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import socketio
@@ -18,6 +18,7 @@ from aiohttp import web
 from qa.events import OnAirChanged, QuestionChanged, QuestionRemoved, QuestionSubmitted
 from qa.model import Question, staff_view, viewer_view
 from qa.service import VotesChanged
+from schedule.events import ProgrammeChanged
 from server import keys
 from server.auth import SESSION_COOKIE, Role
 from server.events import EventBus
@@ -29,6 +30,7 @@ log = logging.getLogger("tv.realtime")
 
 PUBLIC = "/"
 MODERATION = "/moderation"
+CONTROL = "/control"
 # Vote counts can move hundreds of times a second on a popular question;
 # viewers get the latest count at most this often.
 VOTE_FLUSH_S = 0.25
@@ -86,6 +88,7 @@ class PublicNamespace(_Namespace):
         self.metrics.sockets.labels(self.namespace).inc()
         on_air = await self.app[keys.QUESTIONS].on_air()
         await self.emit("on_air", (viewer_view(on_air) if on_air else None,), to=sid)
+        await self.emit("programme", self.app[keys.PROGRAMME_VIEW](), to=sid)
 
 
 class StaffNamespace(_Namespace):
@@ -104,15 +107,25 @@ class StaffNamespace(_Namespace):
                 {"error": "forbidden", "message": "your role may not join this namespace"})
         await self.save_session(sid, {"username": staff.username, "role": staff.role.value})
         self.metrics.sockets.labels(self.namespace).inc()
-        on_air = await self.app[keys.QUESTIONS].on_air()
-        await self.emit("on_air", (staff_view(on_air) if on_air else None,), to=sid)
+        await self.emit("programme", self.app[keys.PROGRAMME_VIEW](), to=sid)
+        if self.namespace == MODERATION:
+            on_air = await self.app[keys.QUESTIONS].on_air()
+            await self.emit("on_air", (staff_view(on_air) if on_air else None,), to=sid)
+
+
+class ControlNamespace(StaffNamespace):
+    """Directors and admins: the programme (and, with the video, the feeds)."""
+
+    role = Role.DIRECTOR
 
 
 class Broadcaster:
     """Turns domain events into Socket.IO pushes to the right namespaces and rooms."""
 
-    def __init__(self, sio: socketio.AsyncServer) -> None:
+    def __init__(self, sio: socketio.AsyncServer,
+                 programme_view: Callable[[], dict[str, Any]]) -> None:
         self.sio = sio
+        self.programme_view = programme_view
         self._votes: dict[int, Question] = {}
         self._flusher: asyncio.Task[None] | None = None
 
@@ -122,6 +135,14 @@ class Broadcaster:
         bus.subscribe(QuestionRemoved, self.on_removed)
         bus.subscribe(OnAirChanged, self.on_air)
         bus.subscribe(VotesChanged, self.on_votes)
+        bus.subscribe(ProgrammeChanged, self.on_programme)
+
+    async def on_programme(self, event: ProgrammeChanged) -> None:
+        if not event.local:
+            return  # the process that made the change tells everyone (Redis)
+        body = self.programme_view()
+        for namespace in (PUBLIC, MODERATION, CONTROL):
+            await self.sio.emit("programme", body, namespace=namespace)
 
     async def on_submitted(self, event: QuestionSubmitted) -> None:
         q = event.question
@@ -180,3 +201,4 @@ class Broadcaster:
 def register_namespaces(sio: socketio.AsyncServer, app: web.Application) -> None:
     sio.register_namespace(PublicNamespace(PUBLIC, app))
     sio.register_namespace(StaffNamespace(MODERATION, app))
+    sio.register_namespace(ControlNamespace(CONTROL, app))

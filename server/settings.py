@@ -6,12 +6,15 @@ server at start-up with a sentence an operator can act on.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from schedule.model import Kind, Plan, Segment
 
 
 class ConfigError(ValueError):
@@ -78,10 +81,30 @@ class WebRtcSettings:
 
 
 @dataclass(frozen=True)
+class Feed:
+    """One video source: a duplex site, or the studio camera."""
+
+    id: str
+    name_fr: str
+    name_en: str
+    site: str
+    timezone: str
+
+    def name(self, lang: str) -> str:
+        return self.name_en if lang == "en" and self.name_en else self.name_fr
+
+
+@dataclass(frozen=True)
 class Settings:
     event: EventSettings
     themes: tuple[Theme, ...]
     database_url: str
+    plan: Plan
+    feeds: tuple[Feed, ...] = ()
+    auto_start: bool = True
+    rehearsal_database_url: str = ""
+    rehearsal_speed: float | None = None
+    """Set by ``run.py --rehearsal``: the show runs from now, this many times faster."""
     redis_url: str = ""
     redis_channel: str = "tv"
     http: HttpSettings = HttpSettings()
@@ -94,6 +117,9 @@ class Settings:
 
     def theme(self, theme_id: str) -> Theme | None:
         return next((t for t in self.themes if t.id == theme_id), None)
+
+    def feed(self, feed_id: str) -> Feed | None:
+        return next((f for f in self.feeds if f.id == feed_id), None)
 
     def with_overrides(self, **kwargs: Any) -> Settings:
         return replace(self, **kwargs)
@@ -119,6 +145,13 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
     if not db_url:
         db_url = f"sqlite+aiosqlite:///{(base_dir / 'data' / 'tv.sqlite3').resolve()}"
     db_url = _normalise_db_url(db_url)
+    rehearsal_url = r.string("database.rehearsal_url", "")
+    if rehearsal_url:
+        rehearsal_url = _normalise_db_url(rehearsal_url, "database.rehearsal_url")
+    elif db_url.startswith("sqlite"):
+        rehearsal_url = f"sqlite+aiosqlite:///{(base_dir / 'data' / 'rehearsal.sqlite3').resolve()}"
+    feeds = _feeds(r)
+    plan = _plan(r, event, themes, feeds)
     http = HttpSettings(
         host=r.string("http.host", "127.0.0.1"),
         port=r.integer("http.port", 8080, lo=1, hi=65535),
@@ -150,6 +183,10 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
         event=event,
         themes=themes,
         database_url=db_url,
+        plan=plan,
+        feeds=feeds,
+        auto_start=r.boolean("programme.auto_start", True),
+        rehearsal_database_url=rehearsal_url,
         redis_url=r.string("redis.url", ""),
         redis_channel=r.string("redis.channel", "tv"),
         http=http,
@@ -163,10 +200,10 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
 
 
 _KNOWN_SECTIONS = {"event", "themes", "database", "redis", "http", "qa", "auth", "webrtc",
-                   "logging"}
+                   "logging", "programme", "segments", "feeds"}
 
 
-def _normalise_db_url(url: str) -> str:
+def _normalise_db_url(url: str, key: str = "database.url") -> str:
     """Accept the plain ``sqlite:///`` and ``postgresql://`` forms, use async drivers."""
     if url.startswith("sqlite:///"):
         return "sqlite+aiosqlite:///" + url.removeprefix("sqlite:///")
@@ -174,15 +211,12 @@ def _normalise_db_url(url: str) -> str:
         return "postgresql+asyncpg://" + url.split("://", 1)[1]
     if url.startswith(("sqlite+aiosqlite:///", "postgresql+asyncpg://")):
         return url
-    raise ConfigError("database.url must start with sqlite:/// or postgresql://")
+    raise ConfigError(f"{key} must start with sqlite:/// or postgresql://")
 
 
 def _event(r: _Reader) -> EventSettings:
     tz_name = r.string("event.timezone", "Europe/Paris")
-    try:
-        tz = ZoneInfo(tz_name)
-    except (ZoneInfoNotFoundError, ValueError) as e:
-        raise ConfigError(f"event.timezone: unknown time zone {tz_name!r}") from e
+    tz = _zone("event.timezone", tz_name)
     start_raw = r.string("event.start", None)
     try:
         start = datetime.fromisoformat(start_raw)
@@ -217,6 +251,104 @@ def _themes(r: _Reader) -> tuple[Theme, ...]:
             raise ConfigError(f"{key}.id {tid!r} is used twice")
         themes.append(Theme(tid, fr.strip(), en.strip()))
     return tuple(themes)
+
+
+_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+
+
+def _zone(key: str, name: Any) -> ZoneInfo:
+    if not isinstance(name, str):
+        raise ConfigError(f"{key} must be a time zone name such as Europe/Paris")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as e:
+        raise ConfigError(f"{key}: unknown time zone {name!r}") from e
+
+
+def _feeds(r: _Reader) -> tuple[Feed, ...]:
+    feeds: list[Feed] = []
+    for i, item in enumerate(r.table_list("feeds")):
+        key = f"feeds[{i}]"
+        fid = item.get("id")
+        if not isinstance(fid, str) or not _ID_RE.fullmatch(fid):
+            raise ConfigError(f"{key}.id must be lower-case letters, digits and -")
+        if any(f.id == fid for f in feeds):
+            raise ConfigError(f"{key}.id {fid!r} is used twice")
+        texts = {}
+        for name in ("name_fr", "name_en", "site"):
+            value = item.get(name, "")
+            if not isinstance(value, str):
+                raise ConfigError(f"{key}.{name} must be a string")
+            texts[name] = value
+        if not texts["name_fr"]:
+            raise ConfigError(f"{key}.name_fr is required")
+        tz = item.get("timezone", "UTC")
+        _zone(f"{key}.timezone", tz)
+        feeds.append(Feed(fid, texts["name_fr"], texts["name_en"], texts["site"], tz))
+    return tuple(feeds)
+
+
+def _plan(r: _Reader, event: EventSettings, themes: tuple[Theme, ...],
+          feeds: tuple[Feed, ...]) -> Plan:
+    items = r.table_list("segments")
+    if not items:
+        raise ConfigError("segments: the running order needs at least one [[segments]] entry")
+    tz = event.planned_start.tzinfo
+    assert tz is not None
+    day = event.planned_start.date()
+    segments: list[Segment] = []
+    for i, item in enumerate(items):
+        key = f"segments[{i}]"
+        sid = item.get("id")
+        if not isinstance(sid, str) or not _ID_RE.fullmatch(sid):
+            raise ConfigError(f"{key}.id must be lower-case letters, digits and -")
+        if any(s.id == sid for s in segments):
+            raise ConfigError(f"{key}.id {sid!r} is used twice")
+        start_raw = item.get("start")
+        try:
+            hh, mm = str(start_raw).split(":")
+            local = datetime.combine(day, time(int(hh), int(mm)), tzinfo=tz)
+        except ValueError as e:
+            raise ConfigError(f"{key}.start must be a time of day like \"14:30\"") from e
+        start = local.astimezone(UTC)
+        while segments and start < segments[-1].planned_start:
+            # Past midnight: the next day, on the wall clock of the event.
+            local = datetime.combine(local.date() + timedelta(days=1), local.time(), tzinfo=tz)
+            start = local.astimezone(UTC)
+        minutes = item.get("minutes")
+        if isinstance(minutes, bool) or not isinstance(minutes, int) or not 1 <= minutes <= 600:
+            raise ConfigError(f"{key}.minutes must be a whole number from 1 to 600")
+        try:
+            kind = Kind(str(item.get("kind")))
+        except ValueError as e:
+            raise ConfigError(f"{key}.kind must be studio, debate or duplex") from e
+        feed = item.get("feed")
+        if feed is not None and (not isinstance(feed, str) or not any(f.id == feed
+                                                                       for f in feeds)):
+            raise ConfigError(f"{key}.feed {feed!r} is not one of the [[feeds]] ids")
+        if kind == Kind.DUPLEX and feed is None:
+            raise ConfigError(f"{key}.feed is required for a duplex segment")
+        theme = item.get("theme")
+        if theme is not None and not any(t.id == theme for t in themes):
+            raise ConfigError(f"{key}.theme {theme!r} is not one of the [[themes]] ids")
+        hard = item.get("hard", False)
+        if not isinstance(hard, bool):
+            raise ConfigError(f"{key}.hard must be true or false")
+        title_fr, title_en = item.get("title_fr"), item.get("title_en", "")
+        if not isinstance(title_fr, str) or not title_fr.strip() or not isinstance(title_en, str):
+            raise ConfigError(f"{key}.title_fr is required (and title_en must be a string)")
+        if segments:
+            prev_end = segments[-1].planned_end
+            if start < prev_end:
+                raise ConfigError(f"{key}.start overlaps the previous segment, which ends at "
+                                  f"{prev_end.astimezone(tz):%H:%M}")
+            if start > prev_end and not hard:
+                raise ConfigError(f"{key}.start leaves a gap after the previous segment "
+                                  f"(ends {prev_end.astimezone(tz):%H:%M}); soft segments "
+                                  "follow each other")
+        segments.append(Segment(sid, title_fr.strip(), title_en.strip(), kind, feed, theme,
+                                start, minutes * 60, hard))
+    return Plan(tuple(segments))
 
 
 class _Reader:
