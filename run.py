@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import getpass
 import logging
 import sys
@@ -72,9 +73,20 @@ def main(argv: list[str] | None = None) -> int:
     log.info("starting the server", extra={"host": host, "port": port,
                                            "database": settings.database_url.split("@")[-1],
                                            "redis": bool(settings.redis_url)})
-    web.run_app(create_app(settings), host=host, port=port, print=None,
-                access_log=None, shutdown_timeout=5)
+    app = create_app(settings)
+    app.on_startup.append(_freeze_startup_objects)
+    web.run_app(app, host=host, port=port, print=None, access_log=None, shutdown_timeout=5)
     return 0
+
+
+async def _freeze_startup_objects(_app: web.Application) -> None:
+    """Keep what start-up made (modules, metadata, templates) out of the collector.
+
+    They live as long as the process; a full collection walking them again
+    and again only lengthens the pauses a live audience notices.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _read_password(password_file: Path | None) -> str:

@@ -7,6 +7,7 @@ so that it can be tested without a server.
 from __future__ import annotations
 
 import enum
+import math
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
@@ -254,18 +255,25 @@ class ProfanityFilter:
 class DuplicateIndex:
     """Finds the most similar earlier question of the same theme.
 
-    An inverted index from word to question ids keeps the comparison to
-    questions sharing at least one meaningful word.
+    An inverted index from word to question ids. A question can only reach
+    the similarity threshold t with one that contains all but n - ceil(t*n)
+    of its n words, so looking up its n - ceil(t*n) + 1 rarest words finds
+    every candidate (prefix filtering): the cost stays flat even when every
+    question says "commerce équitable".
     """
 
     threshold: float
-    _tokens: dict[int, tuple[str, frozenset[str]]] = field(default_factory=dict)
+    # Tuples of strings are not tracked by the garbage collector, unlike sets:
+    # thousands of questions must not lengthen the collector's pauses.
+    _tokens: dict[int, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
     _by_word: dict[tuple[str, str], set[int]] = field(default_factory=dict)
 
     def add(self, question_id: int, theme: str, text: str) -> None:
-        toks = tokens(text)
+        self.add_tokens(question_id, theme, tokens(text))
+
+    def add_tokens(self, question_id: int, theme: str, toks: frozenset[str]) -> None:
         self.discard(question_id)
-        self._tokens[question_id] = (theme, toks)
+        self._tokens[question_id] = (theme, tuple(sorted(toks)))
         for word in toks:
             self._by_word.setdefault((theme, word), set()).add(question_id)
 
@@ -278,15 +286,29 @@ class DuplicateIndex:
             ids = self._by_word.get((theme, word))
             if ids is not None:
                 ids.discard(question_id)
+                if not ids:
+                    del self._by_word[(theme, word)]
 
     def best_match(self, theme: str, text: str) -> int | None:
-        toks = tokens(text)
+        return self.best_match_tokens(theme, tokens(text))
+
+    def best_match_tokens(self, theme: str, toks: frozenset[str]) -> int | None:
+        n = len(toks)
+        if n == 0:
+            return None
+        t = self.threshold
+        must_share = math.ceil(t * n - 1e-9)
+        by_rarity = sorted(toks, key=lambda w: (len(self._by_word.get((theme, w), ())), w))
         candidates: set[int] = set()
-        for word in toks:
+        for word in by_rarity[: n - must_share + 1]:
             candidates |= self._by_word.get((theme, word), set())
-        best, best_score = None, self.threshold
+        best, best_score = None, t
         for qid in sorted(candidates):
-            score = similarity(toks, self._tokens[qid][1])
+            other = self._tokens[qid][1]
+            if not t * n - 1e-9 <= len(other) <= n / t + 1e-9:
+                continue  # too short or too long to be that similar
+            shared = len(toks.intersection(other))
+            score = shared / (n + len(other) - shared)
             if score >= best_score and (best is None or score > best_score):
                 best, best_score = qid, score
         return best

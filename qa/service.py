@@ -34,6 +34,7 @@ log = logging.getLogger("tv.qa")
 Publish = Callable[[object], Awaitable[None]]
 
 _BATCH_MAX = 256
+REFRESH_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ class _Pending:
 
 class QuestionService:
     def __init__(self, store: QuestionStore, limiter: RateLimiter, clock: Clock,
-                 publish: Publish, theme_ids: Sequence[str], settings: QaSettings) -> None:
+                 publish: Publish, theme_ids: Sequence[str], settings: QaSettings,
+                 shared: bool = False) -> None:
         self.store = store
         self.limiter = limiter
         self.clock = clock
@@ -63,6 +65,10 @@ class QuestionService:
             (*model.BUILTIN_PROFANITY, *settings.profanity))
         self.duplicates = DuplicateIndex(settings.duplicate_threshold)
         self._last_indexed = 0
+        # With several processes on one database (shared), the duplicate index
+        # also reads the others' questions, at most every REFRESH_S.
+        self.shared = shared
+        self._refreshed_at = float("-inf")
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
 
@@ -297,21 +303,26 @@ class QuestionService:
 
     async def _write(self, batch: list[_Pending]) -> None:
         """Flag and insert a batch in one transaction (group commit)."""
-        await self._refresh_index()
+        if self.shared and self.clock.monotonic() - self._refreshed_at >= REFRESH_S:
+            await self._refresh_index()
+            self._refreshed_at = self.clock.monotonic()
         items: list[NewQuestion] = []
-        for p in batch:
-            dup = self.duplicates.best_match(p.item.theme, p.item.text)
+        toks = [model.tokens(p.item.text) for p in batch]
+        for p, words in zip(batch, toks, strict=True):
+            dup = self.duplicates.best_match_tokens(p.item.theme, words)
             items.append(replace(p.item, flags=model.flags_for(p.item.text, self.profanity, dup)))
         stored = await self.store.insert_many(items)
-        for i, question in enumerate(stored):
+        for i, (question, words) in enumerate(zip(stored, toks, strict=True)):
             if question.duplicate_of is None:
-                # A duplicate within the same batch: compare with the earlier ones.
-                dup = self.duplicates.best_match(question.theme, question.text)
-                if dup is not None and dup != question.id:
+                # A duplicate within the same batch: the earlier ones are indexed by now.
+                dup = self.duplicates.best_match_tokens(question.theme, words)
+                if dup is not None:
                     flags = (*question.flags, f"duplicate:{dup}")
                     await self.store.set_flags(question.id, flags)
                     stored[i] = question = replace(question, flags=flags)
-            self.duplicates.add(question.id, question.theme, question.text)
+            self.duplicates.add_tokens(question.id, question.theme, words)
+            if not self.shared:
+                self._last_indexed = max(self._last_indexed, question.id)
         for p, question in zip(batch, stored, strict=True):
             if not p.future.done():
                 p.future.set_result(question)

@@ -161,10 +161,19 @@ class QuestionStore:
             "note": None, "viewer_id": n.viewer_id, "created_at": n.created_at,
             "updated_at": n.created_at, "version": 1,
         } for n in items]
+        # One multi-row INSERT ... RETURNING: a single round trip for the
+        # whole batch (executemany with ordered RETURNING goes row by row).
         async with self.engine.begin() as conn:
-            result = await conn.execute(
-                insert(Q).returning(*Q.c, sort_by_parameter_order=True), rows)
-            return [_to_question(r) for r in result]
+            result = await conn.execute(insert(Q).values(rows).returning(*Q.c))
+            stored = [_to_question(r) for r in result]
+        # RETURNING promises no order: put each row back in its input's place.
+        places: dict[tuple[str, str, datetime], list[int]] = {}
+        for i, n in enumerate(items):
+            places.setdefault((n.viewer_id, n.text, n.created_at), []).append(i)
+        ordered: list[Question | None] = [None] * len(items)
+        for q in sorted(stored, key=lambda q: q.id):
+            ordered[places[(q.viewer_id, q.text, q.created_at)].pop(0)] = q
+        return [q for q in ordered if q is not None]
 
     async def set_flags(self, question_id: int, flags: tuple[str, ...]) -> None:
         async with self.engine.begin() as conn:

@@ -311,6 +311,12 @@ def _plan(r: _Reader, event: EventSettings, themes: tuple[Theme, ...],
         except ValueError as e:
             raise ConfigError(f"{key}.start must be a time of day like \"14:30\"") from e
         start = local.astimezone(UTC)
+        if segments:
+            # The hour an autumn change repeats shows each time of day twice:
+            # the second one is meant when the first is behind the running order.
+            again = local.replace(fold=1)
+            if start < segments[-1].planned_end <= again.astimezone(UTC):
+                local, start = again, again.astimezone(UTC)
         while segments and start < segments[-1].planned_start:
             # Past midnight: the next day, on the wall clock of the event.
             local = datetime.combine(local.date() + timedelta(days=1), local.time(), tzinfo=tz)

@@ -59,10 +59,9 @@ class Http:
             headers.setdefault("X-CSRF-Token", self.csrf)
         async with self.session.request(method, self.base + path, json=body, headers=headers,
                                         allow_redirects=False, **kwargs) as resp:
-            body: Any = await resp.read()
-            if resp.content_type == "application/json":
-                body = json.loads(body)
-            return resp.status, body, resp
+            raw = await resp.read()
+            data: Any = json.loads(raw) if resp.content_type == "application/json" else raw
+            return resp.status, data, resp
 
     async def sign_in(self, username: str, password: str = PASSWORD) -> dict[str, Any]:
         status, body, _ = await self.request("POST", "/api/session",
