@@ -245,6 +245,152 @@ export function ageElement(iso, className = "age") {
   });
 }
 
+// ---------------------------------------------------------------- programme clock
+
+/**
+ * The show's clock between two `programme` payloads. Pages never tick from
+ * pushes (they come only at changes): at each payload `update()` notes the
+ * server's time and when it was received, and `now()` runs on from there
+ * locally, `event.speed` times faster in a rehearsal.
+ */
+export class ProgrammeClock {
+  constructor(programme = null) {
+    this.serverMs = Date.now();
+    this.receivedAt = Date.now();
+    this.offset = 0;
+    this.speed = 1;
+    if (programme) this.update(programme);
+  }
+
+  /** Take the server time of a fresh payload (call it as soon as it arrives). */
+  update(programme) {
+    this.receivedAt = Date.now();
+    const server = Date.parse(programme?.server_time);
+    this.serverMs = Number.isNaN(server) ? this.receivedAt : server;
+    this.offset = this.serverMs - this.receivedAt;
+    const speed = Number(programme?.event?.speed);
+    this.speed = Number.isFinite(speed) && speed > 0 ? speed : 1;
+  }
+
+  /** Show time now, in epoch milliseconds. */
+  now() {
+    return this.serverMs + (Date.now() - this.receivedAt) * this.speed;
+  }
+
+  /** Show seconds elapsed since the payload (what the server's figures have aged by). */
+  sinceUpdate() {
+    return ((Date.now() - this.receivedAt) * this.speed) / 1000;
+  }
+
+  /** Show seconds from now until `iso` (negative once passed); null without a time. */
+  secondsUntil(iso) {
+    const at = typeof iso === "number" ? iso : Date.parse(iso ?? "");
+    return Number.isNaN(at) ? null : (at - this.now()) / 1000;
+  }
+
+  /** Call `fn(nowMs)` now and every `everyMs` real milliseconds; returns a stop function. */
+  tick(fn, everyMs = 250) {
+    fn(this.now());
+    const id = setInterval(() => fn(this.now()), everyMs);
+    return () => clearInterval(id);
+  }
+}
+
+const timeFormats = new Map();
+
+/**
+ * "08:50" (24-hour) for an ISO string or epoch ms, in `timeZone` (undefined:
+ * the viewer's own zone). `seconds`: "08:50:07".
+ */
+export function formatTime(when, timeZone, { seconds = false } = {}) {
+  const date = new Date(typeof when === "number" ? when : Date.parse(when ?? ""));
+  if (Number.isNaN(date.getTime())) return "";
+  const key = `${timeZone || ""}|${seconds}`;
+  let format = timeFormats.get(key);
+  if (!format) {
+    const options = { hour: "2-digit", minute: "2-digit", hourCycle: "h23" };
+    if (seconds) options.second = "2-digit";
+    try {
+      format = new Intl.DateTimeFormat(lang, { ...options, timeZone });
+    } catch {
+      format = new Intl.DateTimeFormat(lang, options); // an unknown zone: the viewer's
+    }
+    timeFormats.set(key, format);
+  }
+  return format.format(date);
+}
+
+const pad2 = (n) => String(n).padStart(2, "0");
+
+/** "04:05" or "1:04:05" for a number of seconds (its absolute value, rounded down). */
+export function formatDuration(seconds) {
+  const total = Math.floor(Math.abs(Number(seconds) || 0));
+  const h = Math.floor(total / 3600);
+  const m = Math.floor((total % 3600) / 60);
+  const s = total % 60;
+  return h ? `${h}:${pad2(m)}:${pad2(s)}` : `${pad2(m)}:${pad2(s)}`;
+}
+
+/** "+02:35" (late) or "-00:40" (early); under half a second is "+00:00". */
+export function formatSigned(seconds) {
+  const value = Math.round(Number(seconds) || 0);
+  return `${value < 0 ? "-" : "+"}${formatDuration(value)}`;
+}
+
+/**
+ * A countdown in words for viewers: "2 j 03 h 12 min", "3 h 12 min",
+ * "12 min 05 s", "45 s". Counts up to the next whole second.
+ */
+export function formatCountdown(seconds) {
+  const total = Math.max(0, Math.ceil(Number(seconds) || 0));
+  const d = Math.floor(total / 86400);
+  const h = Math.floor((total % 86400) / 3600);
+  const m = Math.floor((total % 3600) / 60);
+  const s = total % 60;
+  if (d) return t("time.countdown_days", { d, h: pad2(h), m: pad2(m) });
+  if (h) return t("time.countdown_hours", { h, m: pad2(m) });
+  if (m) return t("time.countdown_minutes", { m, s: pad2(s) });
+  return t("time.countdown_seconds", { s });
+}
+
+/** A segment's title in the page language. */
+export function segmentTitle(segment) {
+  if (!segment) return "";
+  return (lang === "en" && segment.title_en) || segment.title || segment.id || "";
+}
+
+/** A duplex site's name ("Afrique") in the page language. */
+export function siteName(site) {
+  if (!site) return "";
+  return (lang === "en" && site.name_en) || site.name || "";
+}
+
+/**
+ * When the segment on air will really end by itself: a hard start cuts it
+ * earlier, and the segment just before a hard start runs on until it.
+ * Null while held, before and after the show.
+ */
+export function onAirEnds(programme) {
+  if (!programme || programme.state !== "live" || !programme.on_air_ends) return null;
+  let end = Date.parse(programme.on_air_ends);
+  const hard = programme.next_hard_start;
+  if (hard?.at) {
+    const at = Date.parse(hard.at);
+    const list = programme.segments || [];
+    const index = list.findIndex((s) => s.id === programme.on_air);
+    const next = index >= 0 ? list[index + 1] : null;
+    if (next && next.id === hard.segment_id) end = at;
+    else end = Math.min(end, at);
+  }
+  return Number.isNaN(end) ? null : end;
+}
+
+/** The segment with `id` in a programme payload, or null. */
+export function findSegment(programme, id) {
+  if (!id || !Array.isArray(programme?.segments)) return null;
+  return programme.segments.find((s) => s.id === id) || null;
+}
+
 // ---------------------------------------------------------------- realtime
 
 /**

@@ -10,9 +10,14 @@ import {
   connectSocket,
   el,
   fetchJSON,
-  formatClock,
+  formatCountdown,
+  formatDuration,
   formatNumber,
+  formatTime,
+  onAirEnds,
+  ProgrammeClock,
   refreshRelativeTimes,
+  segmentTitle,
   showStatus,
   t,
   themeShort,
@@ -25,8 +30,9 @@ import {
 /** @type {Map<number, object>} every known question that is not merged away */
 const questions = new Map();
 let onAirId = null;
-/** GET /api/programme body, or null while the programme API is not there. */
+/** The last `programme` payload (page_config's until the socket speaks). */
 let programme = null;
+const programmeClock = new ProgrammeClock();
 let selectedId = null;
 /**
  * Open inline editors: id → {kind: "text"|"note"|"merge", draft, conflict, version}.
@@ -114,7 +120,14 @@ function segments() {
 }
 
 function onAirSegment() {
-  return segments().find((s) => s.id === programme?.on_air) || null;
+  if (!programme || programme.state === "ended") return null;
+  return segments().find((s) => s.id === programme.on_air) || null;
+}
+
+/** Whether `q` is about the theme of the segment on air. */
+function themeIsLive(q) {
+  const live = onAirSegment();
+  return Boolean(live?.theme) && live.theme === q.theme;
 }
 
 function notice(text, kind = "info") {
@@ -218,16 +231,10 @@ async function loadOnAir() {
   }
 }
 
-async function loadProgramme() {
-  try {
-    setProgramme(await api("/api/programme"));
-  } catch {
-    setProgramme(null); // 404 until the programme exists: no segment UI
-  }
-}
-
 function setProgramme(body) {
-  programme = body && Array.isArray(body.segments) ? body : null;
+  if (!body || !Array.isArray(body.segments)) return; // keep the running order we have
+  programmeClock.update(body);
+  programme = body;
   renderProgrammeBanner();
   scheduleRender();
 }
@@ -562,9 +569,9 @@ function segmentPicker(q) {
           value: s.id,
           selected: q.segment_id === s.id,
           text: [
-            formatClock(s.expected_start || s.planned_start, timeZone),
-            s.title,
-            s.id === programme.on_air ? `(${t("console.segment_live")})` : "",
+            formatTime(s.expected_start || s.planned_start, timeZone),
+            segmentTitle(s),
+            s.id === programme.on_air && programme.state !== "ended" ? `(${t("console.segment_live")})` : "",
           ].filter(Boolean).join(" "),
         }),
       ),
@@ -600,7 +607,6 @@ function editorBlock(q, editor) {
 
 function buildCard(q, place) {
   const editor = editors.get(q.id);
-  const liveSegment = onAirSegment();
   const positionInQueue = place === "queue" ? queueRanks.get(q.id) : null;
   const node = el(
     "li",
@@ -611,7 +617,7 @@ function buildCard(q, place) {
         q.id === selectedId && "selected",
         fresh.has(q.id) && "qcard--fresh",
         busy.has(q.id) && "qcard--busy",
-        liveSegment?.theme && liveSegment.theme === q.theme && "qcard--theme-live",
+        themeIsLive(q) && "qcard--theme-live",
       ],
       dataset: { questionId: q.id, status: q.status, theme: q.theme },
       tabindex: "-1",
@@ -627,6 +633,7 @@ function buildCard(q, place) {
       el("span", { class: "theme-chip", title: themeTitle(q.theme), text: themeShort(q.theme) }),
       q.starred ? el("span", { class: "badge badge--star", title: t("console.starred"), text: "★" }) : null,
       q.id === onAirId ? el("span", { class: "badge badge--live", text: t("status.on_air") }) : null,
+      themeIsLive(q) ? el("span", { class: "badge badge--theme-live", dataset: { role: "theme-live" }, text: t("console.theme_live") }) : null,
       place !== "pending" && place !== "queue" && place !== "approved" ? el("span", { class: `status status--${q.status}`, dataset: { status: q.status }, text: t(`status.${q.status}`) }) : null,
       el("span", { class: "qcard__votes", title: tn("vote.count", q.votes || 0), text: `▲ ${formatNumber(q.votes || 0)}` }),
       ageElement(q.created_at),
@@ -649,7 +656,8 @@ function signature(q, place) {
     q.version, q.status, q.starred, q.queue_position, queueRanks.get(q.id), q.votes, q.text, q.note, q.segment_id, q.flags, place,
     q.id === onAirId, fresh.has(q.id), busy.has(q.id),
     editor ? [editor.kind, editor.conflict] : null,
-    live ? [live.id, live.theme] : null, segments().map((s) => s.id).join(","),
+    live ? [live.id, live.theme] : null, programme?.state,
+    segments().map((s) => `${s.id}@${s.expected_start}`).join(","),
   ]);
 }
 
@@ -768,24 +776,63 @@ function flashCard(id, className) {
   setTimeout(() => cardNode(id)?.classList.remove(className), 3000);
 }
 
+/**
+ * The strip at the top: "À l'antenne : Duplex Afrique · Coopératives — ensuite :
+ * Duplex Asie", with the time left ticking (see tickStrip).
+ */
 function renderProgrammeBanner() {
-  const banner = $("segment-on-air");
+  const strip = $("programme-strip");
   const live = onAirSegment();
-  banner.hidden = !live;
-  banner.replaceChildren();
-  if (live) {
-    banner.append(
-      el("span", { class: "badge badge--live", text: t("status.on_air") }),
+  const next = segments().find((s) => s.id === programme?.next) || null;
+  const state = programme?.state || "";
+  strip.dataset.state = state;
+  const parts = [];
+  if (state === "ended") {
+    parts.push(el("span", { class: "programme-strip__ended", text: t("now.ended") }));
+  } else if (live) {
+    parts.push(
+      el("span", { class: "badge badge--live", text: state === "hold" ? t("control.state.hold") : t("status.on_air") }),
       " ",
-      el("strong", { text: live.title }),
-      live.theme ? el("span", { text: ` — ${themeShort(live.theme)}` }) : null,
+      el("strong", { dataset: { role: "on-air-title" }, text: segmentTitle(live) }),
+      live.theme ? [" · ", el("span", { class: "theme-chip theme-chip--live", dataset: { role: "on-air-theme", theme: live.theme }, title: themeTitle(live.theme), text: themeShort(live.theme) })] : null,
+      state === "live" ? [" · ", el("span", { class: "programme-strip__left", dataset: { role: "countdown" } })] : null,
+    );
+  } else if (state === "before") {
+    parts.push(el("span", { class: "programme-strip__label", text: t("console.before_show") }), " ", el("span", { class: "programme-strip__left", dataset: { role: "countdown" } }));
+  }
+  if (next && state !== "ended") {
+    parts.push(
+      el("span", { class: "programme-strip__sep", text: " — " }),
+      el("span", { class: "programme-strip__label", text: live ? t("console.then") : t("now.first") }),
+      " ",
+      el("strong", { dataset: { role: "next-title" }, text: segmentTitle(next) }),
     );
   }
+  const flat = parts.flat(Infinity).filter(Boolean);
+  strip.replaceChildren(...flat);
+  strip.hidden = flat.length === 0;
+  tickStrip();
   for (const option of themeSelect.options) {
     if (!option.value) continue;
     option.dataset.title ??= option.textContent;
     option.textContent = live?.theme === option.value ? `${option.dataset.title} (${t("console.segment_live")})` : option.dataset.title;
   }
+}
+
+function tickStrip() {
+  const node = document.querySelector('#programme-strip [data-role="countdown"]');
+  if (!node || !programme) return;
+  let text = "";
+  if (programme.state === "before") {
+    const first = segments().find((s) => s.id === programme.next) || segments()[0];
+    const left = programmeClock.secondsUntil(first?.expected_start);
+    text = left > 0 ? t("console.starts_in", { time: formatCountdown(left) }) : "";
+  } else {
+    const end = onAirEnds(programme);
+    const left = end === null ? null : programmeClock.secondsUntil(end);
+    text = left === null ? "" : t("console.time_left", { time: formatDuration(Math.max(0, Math.ceil(left))) });
+  }
+  if (node.textContent !== text) node.textContent = text;
 }
 
 // ---------------------------------------------------------------- selection & tabs
@@ -1045,11 +1092,14 @@ function announceArrival() {
 function loadAll() {
   loadQuestions();
   loadOnAir();
-  loadProgramme();
+  // The running order comes with page_config, then as the `programme` push at
+  // every (re)connection and change.
 }
 
 // Load now (the lists must not wait for the live connection), and again at every
 // (re)connection, to catch up with whatever was pushed while we were not listening.
+setProgramme(config.programme);
+programmeClock.tick(tickStrip, 250);
 loadAll();
 const socket = connectSocket("/moderation", $("live-status"));
 if (socket) {

@@ -7,9 +7,14 @@ import {
   disableFor,
   el,
   fetchJSON,
-  formatClock,
+  findSegment,
+  formatCountdown,
   formatNumber,
+  formatTime,
+  onAirEnds,
+  ProgrammeClock,
   refreshRelativeTimes,
+  segmentTitle,
   showStatus,
   t,
   themeShort,
@@ -327,47 +332,132 @@ function showOnAir(question) {
   renderMine();
 }
 
+// The theme of the segment on air is suggested in the ask form until the viewer
+// picks one: `suggestedTheme` is the one we set, so the next segment's replaces it.
 let themeTouched = false;
+let suggestedTheme = null;
 nodes.theme.addEventListener("change", () => {
   themeTouched = true;
 });
 
-function renderProgramme(programme) {
-  if (!programme || !Array.isArray(programme.segments)) return;
-  const segments = new Map(programme.segments.map((s) => [s.id, s]));
-  const timeZone = programme.event?.timezone || "Europe/Paris";
-  const now = segments.get(programme.on_air);
-  const next = segments.get(programme.next);
-  const rows = [];
-  const line = (label, segment, withTime) =>
-    el(
-      "p",
-      { class: "programme-now__line" },
-      el("span", { class: "programme-now__label", text: label }),
-      " ",
-      el("strong", { text: segment.title }),
-      withTime && segment.expected_start ? el("span", { class: "programme-now__time", text: ` · ${formatClock(segment.expected_start, timeZone)}` }) : null,
-      segment.theme ? el("span", { class: "programme-now__theme", text: ` — ${themeShort(segment.theme)}` }) : null,
-    );
-
-  if (programme.state === "ended") rows.push(el("p", { class: "programme-now__line", text: t("programme.ended") }));
-  else if (programme.state === "hold") rows.push(el("p", { class: "programme-now__line", text: t("programme.hold") }));
-  else if (programme.state === "before") rows.push(el("p", { class: "programme-now__line", text: t("programme.before") }));
-  if (now && programme.state !== "ended") rows.push(line(t("programme.now"), now, false));
-  if (next && programme.state !== "ended") rows.push(line(t("programme.next"), next, true));
-
-  // A live region: only touch it when what it says changes.
-  const said = rows.map((row) => row.textContent).join("\n");
-  if (said !== nodes.programme.dataset.said) {
-    nodes.programme.dataset.said = said;
-    nodes.programme.replaceChildren(...rows);
-  }
-  nodes.programme.hidden = rows.length === 0;
-  nodes.programme.dataset.state = programme.state || "";
-
-  // Suggest the theme being discussed, unless the viewer already chose one.
-  if (!themeTouched && !nodes.theme.value && now?.theme) nodes.theme.value = now.theme;
+function suggestTheme(theme) {
+  if (themeTouched || !theme) return;
+  if (nodes.theme.value && nodes.theme.value !== suggestedTheme) return;
+  nodes.theme.value = theme;
+  suggestedTheme = theme;
 }
+
+const clock = new ProgrammeClock();
+/** The last `programme` payload (page_config's until the socket speaks). */
+let programme = null;
+let announced;
+
+function label(text) {
+  return el("span", { class: "programme-now__label", text });
+}
+
+function titleNode(segment, role) {
+  return el("strong", { class: "programme-now__title", dataset: { role }, text: segmentTitle(segment) });
+}
+
+function themeNode(segment) {
+  return segment?.theme ? el("span", { class: "programme-now__theme", title: themeTitle(segment.theme), text: ` — ${themeShort(segment.theme)}` }) : null;
+}
+
+/** The box's structure; the countdowns in it are filled by tickProgramme(). */
+function buildProgramme() {
+  const state = programme.state;
+  const now = findSegment(programme, programme.on_air);
+  const next = findSegment(programme, programme.next);
+  const rows = [];
+  if (state === "before") {
+    rows.push(el("p", { class: "programme-now__line programme-now__line--lead" },
+      el("span", { dataset: { role: "lead" }, text: t("now.starts_in") }), " ",
+      el("strong", { class: "programme-now__count", dataset: { role: "countdown" } })));
+    if (next) rows.push(el("p", { class: "programme-now__line" }, label(t("now.first")), " ", titleNode(next, "next-title"), themeNode(next)));
+  } else if (state === "live" || state === "hold") {
+    if (state === "hold") rows.push(el("p", { class: "programme-now__line programme-now__line--hold", text: t("now.hold") }));
+    if (now) {
+      rows.push(el("p", { class: "programme-now__line" },
+        label(t("now.on_air")), " ", titleNode(now, "on-air-title"), themeNode(now),
+        state === "live" ? el("span", { class: "programme-now__time" }, " · ", el("span", { dataset: { role: "countdown" } })) : null));
+    }
+    if (next) {
+      rows.push(el("p", { class: "programme-now__line" },
+        label(t("now.next")), " ", titleNode(next, "next-title"),
+        el("span", { class: "programme-now__time" }, " · ", el("span", { dataset: { role: "next-countdown" } }),
+          ` (${formatTime(next.expected_start)})`)));
+    }
+  } else if (state === "ended") {
+    rows.push(el("p", { class: "programme-now__line programme-now__line--lead", dataset: { role: "ended" }, text: t("now.ended") }));
+  }
+  rows.push(el("p", { class: "programme-now__more" }, el("a", { href: "/programme", text: t("now.full_programme") })));
+  nodes.programme.replaceChildren(...rows);
+  nodes.programme.hidden = false;
+  nodes.programme.dataset.state = state || "";
+  tickProgramme();
+
+  // Screen readers hear what changed on air, not every second of the countdown.
+  const said = state === "ended" ? t("now.ended") : now ? `${t("now.on_air")} ${segmentTitle(now)}` : "";
+  if (announced !== undefined && said !== announced && said) $("programme-announce").textContent = said;
+  announced = said;
+  suggestTheme(state === "live" || state === "hold" ? now?.theme : null);
+  updateSlate();
+}
+
+function setText(node, text) {
+  if (node && node.textContent !== text) node.textContent = text;
+}
+
+function tickProgramme() {
+  if (!programme) return;
+  const box = nodes.programme;
+  if (programme.state === "before") {
+    const first = findSegment(programme, programme.next) || programme.segments[0];
+    const left = clock.secondsUntil(first?.expected_start || programme.event?.planned_start);
+    setText(box.querySelector('[data-role="lead"]'), left > 0 ? t("now.starts_in") : t("now.starting"));
+    setText(box.querySelector('[data-role="countdown"]'), left > 0 ? formatCountdown(left) : "");
+    return;
+  }
+  const end = onAirEnds(programme);
+  const left = end === null ? null : clock.secondsUntil(end);
+  setText(box.querySelector('[data-role="countdown"]'), left === null ? "" : t("now.time_left", { time: formatCountdown(left) }));
+  const next = findSegment(programme, programme.next);
+  const toNext = next && clock.secondsUntil(next.expected_start);
+  setText(box.querySelector('[data-role="next-countdown"]'), toNext > 0 ? t("now.in", { time: formatCountdown(toNext) }) : t("now.soon"));
+}
+
+/** Before the show, the player's slate gives the start in the viewer's own time. */
+function updateSlate() {
+  const when = document.querySelector("#player-slate .slate__when");
+  const zone = document.querySelector("#player-slate .slate__tz");
+  const start = programme?.event?.planned_start;
+  if (!when || !start) return;
+  if (programme.state !== "before") {
+    // Until the picture plays, the slate says what is on air.
+    const onAir = findSegment(programme, programme.on_air);
+    when.textContent = programme.state === "ended" ? t("now.ended") : segmentTitle(onAir);
+    if (zone) zone.hidden = true;
+    return;
+  }
+  const date = new Intl.DateTimeFormat(config.lang, { day: "numeric", month: "long", year: "numeric" }).format(new Date(start));
+  when.textContent = t("watch.slate_start_local", { date, time: formatTime(start) });
+  if (zone) {
+    zone.hidden = false;
+    const parts = new Intl.DateTimeFormat(config.lang, { timeZoneName: "long" }).formatToParts(new Date(start));
+    zone.textContent = parts.find((part) => part.type === "timeZoneName")?.value || zone.textContent;
+  }
+}
+
+function renderProgramme(body) {
+  if (!body || !Array.isArray(body.segments)) return;
+  clock.update(body);
+  programme = body;
+  buildProgramme();
+}
+
+if (config.programme) renderProgramme(config.programme);
+clock.tick(tickProgramme, 250);
 
 // ---------------------------------------------------------------- realtime
 

@@ -61,7 +61,7 @@ from typing import Any
 import socketio
 
 from server.settings import load_settings
-from tests.benchmarks.fleet import serve_commands
+from tests.benchmarks.fleet import reply
 from tests.benchmarks.procs import Child, bench_config, free_port, say
 
 END = "(end)"
@@ -85,13 +85,25 @@ async def sleep_through(deadlines: list[float]) -> list[float]:
 
 
 async def timer_child() -> None:
-    """``--timer-child``: answer {"deadlines": [...]} with {"late_ms": [...]}."""
-    print(json.dumps({"ready": True}), flush=True)
+    """``--timer-child``: answer {"deadlines": [...]} with {"late_ms": [...]}; leave at EOF.
 
-    async def handle(command: dict[str, Any]) -> dict[str, Any]:
-        return {"late_ms": await sleep_through(command["deadlines"])}
-
-    await serve_commands(handle)
+    While it sleeps, a closed stdin ends it at once (the benchmark was interrupted).
+    """
+    loop = asyncio.get_running_loop()
+    stdin = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+    reply({"ready": True})
+    while line := await stdin.readline():
+        work = asyncio.create_task(sleep_through(json.loads(line)["deadlines"]))
+        closed = asyncio.create_task(stdin.read(1))  # one command at a time: only EOF comes
+        done, _ = await asyncio.wait({work, closed}, return_when=asyncio.FIRST_COMPLETED)
+        if closed in done:
+            work.cancel()
+            return
+        closed.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await closed  # so that the next readline may wait for data
+        reply({"late_ms": work.result()})
 
 
 # --- the server and its client --------------------------------------------------------
@@ -294,6 +306,8 @@ async def one_run(args: argparse.Namespace, tmp: Path, timers: Child,
         child = asyncio.create_task(timers.ask(
             {"deadlines": [d + 2 * spacing / 3 for d in dues]},
             within=show_real_s + 60))
+        stack.callback(mine.cancel)
+        stack.callback(child.cancel)
         await asyncio.wait_for(listener.ended.wait(), show_real_s + 30)
         bench_late, child_late = await mine, (await child)["late_ms"]
         for sent, answered, server_time in await probe(port, args.probes):
@@ -316,7 +330,7 @@ def figures(run: int, listener: Listener, clock: ShowTime, connecting: float,
         per_take.append({"segment": take.segment, "delay_ms": round(d, 3),
                          "server_ms": round(s, 3)})
     timer = bench_late + child_late
-    out = {
+    out: dict[str, Any] = {
         "run": run, "takes": len(takes),
         "take_delay_ms": stats(delay), "server_ms": stats(server),
         "delivery_ms": stats([d - s for d, s in zip(delay, server, strict=True)]),
@@ -363,7 +377,7 @@ def median(runs: list[dict[str, Any]], *path: str) -> float | None:
             value = value[key]
         if value is None:
             return None
-        values.append(value)
+        values.append(float(value))
     return round(statistics.median(values), 3)
 
 
