@@ -129,10 +129,12 @@ class Replay:
     actual_start: dict[int, datetime] = field(default_factory=dict)
     actual_end: dict[int, datetime] = field(default_factory=dict)
     ended_at: datetime | None = None
+    held_since: datetime | None = None
 
 
 def replay(plan: Plan, log: Sequence[Entry]) -> Replay:
     state, cur, since, ext = State.BEFORE, None, None, 0.0
+    held: datetime | None = None
     starts: dict[int, datetime] = {}
     ends: dict[int, datetime] = {}
     ended_at = None
@@ -145,15 +147,24 @@ def replay(plan: Plan, log: Sequence[Entry]) -> Replay:
             starts[target] = e.at
             ends.pop(target, None)
         elif e.action == Action.HOLD and cur is not None:
+            if state != State.HOLD:
+                held = e.at
             state = State.HOLD
         elif e.action == Action.EXTEND and cur is not None:
+            if state == State.HOLD:
+                # Held past its end, the segment runs the extension from the
+                # moment it is released, not from an end already behind us.
+                assert since is not None
+                run_s = (e.at - since).total_seconds()
+                ext = max(ext, run_s - plan.segments[cur].planned_duration_s)
             ext += e.seconds or 0.0
             state = State.LIVE
         elif e.action == Action.END:
             if cur is not None:
                 ends[cur] = e.at
             cur, since, state, ended_at = None, None, State.ENDED, e.at
-    return Replay(state, cur, since, ext, starts, ends, ended_at)
+    return Replay(state, cur, since, ext, starts, ends, ended_at,
+                  held if state == State.HOLD else None)
 
 
 def _nominal_end(plan: Plan, r: Replay) -> datetime:
@@ -162,9 +173,18 @@ def _nominal_end(plan: Plan, r: Replay) -> datetime:
     return r.on_air_since + timedelta(seconds=seg.planned_duration_s + r.extension_s)
 
 
-def _next_hard(plan: Plan, after: int) -> int | None:
+def _is_hard(seg: Segment, since: datetime | None) -> bool:
+    """A hard start still binds if its instant comes after the take now on air.
+
+    Once the director goes back to an earlier segment after the link's time
+    has passed, the link follows in running order instead of cutting in.
+    """
+    return seg.hard_start and (since is None or seg.planned_start > since)
+
+
+def _next_hard(plan: Plan, after: int, since: datetime | None = None) -> int | None:
     for i in range(after + 1, len(plan.segments)):
-        if plan.segments[i].hard_start:
+        if _is_hard(plan.segments[i], since):
             return i
     return None
 
@@ -194,7 +214,7 @@ def next_due(plan: Plan, log: Sequence[Entry], auto_start: bool) -> Due | None:
         return None
     assert r.on_air is not None
     candidates: list[Due] = []
-    hard = _next_hard(plan, r.on_air)
+    hard = _next_hard(plan, r.on_air, r.on_air_since)
     if hard is not None:
         seg = plan.segments[hard]
         candidates.append(Due(seg.planned_start, Action.TAKE, seg.id))
@@ -202,7 +222,7 @@ def next_due(plan: Plan, log: Sequence[Entry], auto_start: bool) -> Due | None:
         end = _nominal_end(plan, r)
         if r.on_air + 1 >= len(plan.segments):
             candidates.append(Due(end, Action.END, None))
-        elif not plan.segments[r.on_air + 1].hard_start:
+        elif not _is_hard(plan.segments[r.on_air + 1], r.on_air_since):
             candidates.append(Due(end, Action.TAKE, plan.segments[r.on_air + 1].id))
         # Before a hard start the segment on air runs on until that instant:
         # the far end is not ready earlier.
@@ -210,7 +230,10 @@ def next_due(plan: Plan, log: Sequence[Entry], auto_start: bool) -> Due | None:
         return None
     # On a tie the hard start wins: it is the same instant and the same segment
     # or one that must cut in anyway.
-    return min(candidates, key=lambda d: d.at)
+    due = min(candidates, key=lambda d: d.at)
+    # A segment shortened past now ends now: the log never goes back in time.
+    floor = log[-1].at if log else due.at
+    return due if due.at >= floor else Due(floor, due.action, due.segment_id)
 
 
 def catch_up(plan: Plan, log: Sequence[Entry], now: datetime,
@@ -293,6 +316,7 @@ class Snapshot:
     on_air_ends: datetime | None
     """When the segment on air will be taken off by itself (None while held)."""
     next_due: Due | None
+    held_since: datetime | None = None
 
 
 def snapshot(plan: Plan, log: Sequence[Entry], now: datetime, auto_start: bool) -> Snapshot:
@@ -302,6 +326,7 @@ def snapshot(plan: Plan, log: Sequence[Entry], now: datetime, auto_start: bool) 
     expected: dict[int, datetime] = {}
     skipped: set[int] = set()
     on_air_ends = None
+    since = r.on_air_since
 
     if r.state == State.BEFORE:
         cursor, first_future = max(now, plan.planned_start), 0
@@ -312,22 +337,22 @@ def snapshot(plan: Plan, log: Sequence[Entry], now: datetime, auto_start: bool) 
     else:
         assert r.on_air is not None
         nominal = _nominal_end(plan, r)
-        on_air_ends = nominal if r.state == State.LIVE else None
         cursor = nominal if r.state == State.LIVE else max(now, nominal)
         first_future = r.on_air + 1
 
-    hard = _next_hard(plan, first_future - 1) if first_future < len(segs) else None
-    soft_cursor = cursor  # where the next hard segment would start if it were soft
+    hard = _next_hard(plan, first_future - 1, since) if first_future < len(segs) else None
+    # Where the next hard segment would start if it were soft: every segment
+    # before it counted whole, those that will be skipped for lack of time too.
+    soft_cursor = cursor + timedelta(seconds=sum(
+        s.planned_duration_s for s in segs[first_future:hard if hard is not None else 0]))
     for i in range(first_future, len(segs)):
         seg = segs[i]
-        if seg.hard_start:
-            if i == hard:
-                soft_cursor = cursor
+        if _is_hard(seg, since):
             # Taken at its time of day: the segments before it are cut if late,
             # and the one before it runs on if early.
             cursor = seg.planned_start
         else:
-            nh = _next_hard(plan, i)
+            nh = _next_hard(plan, i, since)
             if nh is not None and cursor >= segs[nh].planned_start:
                 skipped.add(i)
                 cursor = segs[nh].planned_start
@@ -344,6 +369,12 @@ def snapshot(plan: Plan, log: Sequence[Entry], now: datetime, auto_start: bool) 
             seg, start or expected.get(i, seg.planned_start), start, r.actual_end.get(i),
             skipped=i in skipped or never))
 
+    due = next_due(plan, log, auto_start)
+    if r.state == State.LIVE and due is not None:
+        # Its nominal end, or earlier if a hard start cuts it, or later if it
+        # runs on until one (while held: None, it runs until the director says).
+        on_air_ends = due.at
+
     next_hard_view = None
     if hard is not None:
         h = segs[hard]
@@ -358,7 +389,8 @@ def snapshot(plan: Plan, log: Sequence[Entry], now: datetime, auto_start: bool) 
         segments=tuple(views),
         next_hard=next_hard_view,
         on_air_ends=on_air_ends,
-        next_due=next_due(plan, log, auto_start),
+        next_due=due,
+        held_since=r.held_since,
     )
 
 
@@ -404,6 +436,7 @@ class EventInfo:
     timezone: str
     rehearsal: bool = False
     speed: float = 1.0
+    auto_start: bool = True
 
 
 def view(snap: Snapshot, now: datetime, event: EventInfo,
@@ -426,13 +459,15 @@ def view(snap: Snapshot, now: datetime, event: EventInfo,
         "event": {"title": event.title, "timezone": event.timezone,
                   "planned_start": _iso(snap.segments[0].segment.planned_start),
                   "planned_end": _iso(snap.segments[-1].segment.planned_end),
-                  "rehearsal": event.rehearsal, "speed": event.speed},
+                  "rehearsal": event.rehearsal, "speed": event.speed,
+                  "auto_start": event.auto_start},
         "server_time": _iso(now),
         "state": snap.state.value,
         "on_air": snap.on_air,
         "next": snap.next,
         "over_under_s": round(snap.over_under_s, 3),
         "on_air_ends": _iso(snap.on_air_ends),
+        "held_since": _iso(snap.held_since),
         "next_hard_start": None if hard is None else {
             "segment_id": hard.segment_id, "at": _iso(hard.at),
             "time_to_s": round(hard.time_to_s, 3), "heavy_s": round(hard.heavy_s, 3)},

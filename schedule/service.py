@@ -101,14 +101,17 @@ class ProgrammeService:
             if due is not None:
                 waits.add(asyncio.create_task(self.clock.sleep_until(due.at)))
             try:
-                await asyncio.wait(waits, timeout=POLL_S, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(waits, timeout=POLL_S,
+                                             return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for task in waits:
                     task.cancel()
             self._wake.clear()
             try:
                 async with self._lock:
-                    if await self.store.length() != len(self.entries):
+                    # At a deadline, go straight to the take: if another process
+                    # logged it first, the append fails and the log is reloaded.
+                    if not done and await self.store.length() != len(self.entries):
                         await self._reload_locked()
                     await self._catch_up_locked()
             except Exception:

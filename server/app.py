@@ -127,7 +127,8 @@ async def _programme(app: web.Application) -> AsyncIterator[None]:
     service = ProgrammeService(store, plan, clock, app[keys.BUS].publish,
                                settings.auto_start or bool(settings.rehearsal_speed), speed)
     event = EventInfo(settings.event.title, settings.event.timezone,
-                      rehearsal=bool(settings.rehearsal_speed), speed=speed)
+                      rehearsal=bool(settings.rehearsal_speed), speed=speed,
+                      auto_start=service.auto_start)
     sites = {f.id: {"name": f.name_fr, "name_en": f.name_en, "site": f.site,
                     "timezone": f.timezone} for f in settings.feeds}
     app[keys.PROGRAMME] = service

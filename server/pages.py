@@ -108,7 +108,13 @@ async def control(request: web.Request) -> web.Response:
 
 @routes.get("/programme")
 async def programme(request: web.Request) -> web.Response:
-    return _render(request, "programme.html")
+    # Public, but signed-in staff keep their navigation between pages.
+    staff = await current_staff(request)
+    if staff is None:
+        return _render(request, "programme.html")
+    return _render(request, "programme.html",
+                   staff={"username": staff.username, "role": staff.role.value},
+                   csrf_token=staff.csrf_token)
 
 
 # --- the sign-in API ---------------------------------------------------------
