@@ -161,10 +161,13 @@ def clean_theme(value: Any, theme_ids: Iterable[str]) -> str:
     return value
 
 
-def clean_segment(value: Any) -> str | None:
+def clean_segment(value: Any, segment_ids: Iterable[str] | None = None) -> str | None:
+    """A segment of the running order (any well-formed id when none is given)."""
     if value is None or value == "":
         return None
     if not isinstance(value, str) or not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,63}", value):
+        raise InvalidQuestion("segment_invalid", "segment_id")
+    if segment_ids is not None and value not in set(segment_ids):
         raise InvalidQuestion("segment_invalid", "segment_id")
     return value
 
@@ -348,7 +351,8 @@ class Patch:
     set_note: bool = False
 
 
-def parse_patch(body: Mapping[str, Any], limits: Limits) -> tuple[Patch, int]:
+def parse_patch(body: Mapping[str, Any], limits: Limits,
+                segment_ids: Iterable[str] | None = None) -> tuple[Patch, int]:
     """Validate a PATCH body; return the patch and the version it is based on."""
     version = body.get("version")
     if isinstance(version, bool) or not isinstance(version, int):
@@ -375,7 +379,7 @@ def parse_patch(body: Mapping[str, Any], limits: Limits) -> tuple[Patch, int]:
         text=text,
         starred=starred,
         queue_position=position,
-        segment_id=clean_segment(body.get("segment_id")),
+        segment_id=clean_segment(body.get("segment_id"), segment_ids),
         set_segment="segment_id" in body,
         note=clean_note(body.get("note")),
         set_note="note" in body,

@@ -53,12 +53,13 @@ class _Pending:
 class QuestionService:
     def __init__(self, store: QuestionStore, limiter: RateLimiter, clock: Clock,
                  publish: Publish, theme_ids: Sequence[str], settings: QaSettings,
-                 shared: bool = False) -> None:
+                 shared: bool = False, segment_ids: Sequence[str] | None = None) -> None:
         self.store = store
         self.limiter = limiter
         self.clock = clock
         self.publish = publish
         self.theme_ids = tuple(theme_ids)
+        self.segment_ids = tuple(segment_ids) if segment_ids is not None else None
         self.settings = settings
         self.limits = Limits(settings.text_max, settings.author_max)
         self.profanity = ProfanityFilter.from_list(
@@ -93,7 +94,7 @@ class QuestionService:
         theme = model.clean_theme(body.get("theme"), self.theme_ids)
         text = model.clean_text(body.get("text"), self.limits)
         author = model.clean_author(body.get("author"), self.limits)
-        segment = model.clean_segment(body.get("segment_id"))
+        segment = model.clean_segment(body.get("segment_id"), self.segment_ids)
         await self._limit([(f"ask:viewer:{viewer_id}", self.settings.per_viewer),
                            (f"ask:ip:{ip}", self.settings.per_ip)])
         pending = _Pending(
@@ -157,7 +158,7 @@ class QuestionService:
 
     async def patch(self, question_id: int, body: Mapping[str, Any], actor: str) -> Question:
         """Apply a moderator's change made on top of ``version``; StaleVersion if outdated."""
-        patch, version = model.parse_patch(body, self.limits)
+        patch, version = model.parse_patch(body, self.limits, self.segment_ids)
         current = await self.get(question_id)
         if current.version != version:
             raise StaleVersion(current)

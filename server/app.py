@@ -107,7 +107,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
                                  settings.auth.login_failures)
     questions = QuestionService(QuestionStore(app[keys.ENGINE]), limiter, clock,
                                 app[keys.BUS].publish, [t.id for t in settings.themes],
-                                settings.qa, shared=bool(settings.redis_url))
+                                settings.qa, shared=bool(settings.redis_url),
+                                segment_ids=[seg.id for seg in settings.plan.segments])
     app[keys.QUESTIONS] = questions
     await questions.start()
     yield

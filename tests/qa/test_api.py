@@ -403,3 +403,23 @@ async def test_staff_text_edit_is_what_viewers_see(base_url, http, staff, listen
     assert [x["text"] for x in await public_list(viewer)] == [
         "Pourquoi le café équitable est-il plus cher ?"]
     assert (await read(viewer, q["id"]))["text"] == "Pourquoi le café équitable est-il plus cher ?"
+
+
+async def test_moderator_files_a_question_under_a_segment_of_the_running_order(
+        base_url, http, staff, listen):
+    mod = await staff()
+    console = await listen(base_url, "/moderation", mod.cookie_header())
+    q = await ask(await http(base_url), "Quelle prime de développement reçoit la coopérative ?",
+                  theme="cooperatives", segment_id="debat-cooperatives")
+    assert q["segment_id"] == "debat-cooperatives"
+
+    moved = await change(mod, q["id"], segment_id="duplex-afrique")
+    pushed = await console.next(
+        "question", within=2,
+        where=lambda p: p["id"] == q["id"] and p["version"] == moved["version"])
+    assert pushed["segment_id"] == "duplex-afrique"
+
+    status, body, _ = await mod.request("PATCH", f"/api/questions/{q['id']}",
+                                        {"segment_id": "duplex-lune", "version": moved["version"]})
+    assert status == 422 and body["error"] == "segment_invalid" and body["field"] == "segment_id"
+    assert (await read(mod, q["id"]))["segment_id"] == "duplex-afrique"

@@ -116,6 +116,8 @@ BAD_QUESTIONS = {
     ],
     "segment": [
         ("bad segment id", {**VALID, "segment_id": "../etc/passwd"}, "segment_invalid"),
+        ("segment not in the running order", {**VALID, "segment_id": "duplex-lune"},
+         "segment_invalid"),
     ],
 }
 
