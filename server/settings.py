@@ -75,6 +75,17 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class VideoSettings:
+    """The programme output, encoded once for every viewer."""
+
+    width: int = 1280
+    height: int = 720
+    fps: int = 30
+    bitrate_kbps: int = 2500
+    keyframe_interval_s: float = 2.0
+
+
+@dataclass(frozen=True)
 class WebRtcSettings:
     host_addresses: tuple[str, ...] = ()
     ice_servers: tuple[dict[str, Any], ...] = ()
@@ -111,6 +122,7 @@ class Settings:
     qa: QaSettings = QaSettings()
     auth: AuthSettings = AuthSettings()
     webrtc: WebRtcSettings = WebRtcSettings()
+    video: VideoSettings = VideoSettings()
     log_format: str = "json"
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -173,6 +185,15 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
         host_addresses=tuple(r.str_list("webrtc.host_addresses", [])),
         ice_servers=tuple(r.table_list("webrtc.ice_servers")),
     )
+    video = VideoSettings(
+        width=r.integer("video.width", 1280, lo=160, hi=3840),
+        height=r.integer("video.height", 720, lo=90, hi=2160),
+        fps=r.integer("video.fps", 30, lo=1, hi=60),
+        bitrate_kbps=r.integer("video.bitrate_kbps", 2500, lo=100, hi=20_000),
+        keyframe_interval_s=r.number("video.keyframe_interval_s", 2.0, lo=0.2, hi=10.0),
+    )
+    if video.width % 2 or video.height % 2:
+        raise ConfigError("video.width and video.height must be even numbers")
     log_format = r.string("logging.format", "json")
     if log_format not in ("json", "text"):
         raise ConfigError('logging.format must be "json" or "text"')
@@ -193,6 +214,7 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
         qa=qa,
         auth=auth,
         webrtc=webrtc,
+        video=video,
         log_format=log_format,
         log_level=log_level,
         extra={k: v for k, v in raw.items() if k not in _KNOWN_SECTIONS},
@@ -200,7 +222,7 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
 
 
 _KNOWN_SECTIONS = {"event", "themes", "database", "redis", "http", "qa", "auth", "webrtc",
-                   "logging", "programme", "segments", "feeds"}
+                   "logging", "programme", "segments", "feeds", "video"}
 
 
 def _normalise_db_url(url: str, key: str = "database.url") -> str:
