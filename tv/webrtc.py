@@ -1,0 +1,210 @@
+"""What WHIP and WHEP share: ICE settings, offer checks, answering as DTLS server.
+
+aiortc does most of the work; this module holds the few places where its
+defaults do not suit a broadcast server (see each function's comment).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aioice.ice
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpCodecCapability,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc import sdp as aiosdp
+from aiortc.codecs import CODECS
+from aiortc.exceptions import OperationError
+from aiortc.rtcpeerconnection import filter_preferred_codecs, find_common_codecs
+from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
+
+from tv.errors import InvalidSdp, UnsupportedMedia
+
+# What a contributor may send: H.264 (either baseline flavour) or VP8, and Opus.
+INGEST_VIDEO = ("video/H264", "video/VP8")
+# What a viewer gets: the programme's constrained-baseline H.264 (42e01f); a
+# plain-baseline decoder (42001f) decodes it as well.
+VIEWER_VIDEO = ("video/H264",)
+H264_PROFILES = ("42e01f", "42001f")
+AUDIO = ("audio/opus",)
+
+
+# --- ICE -------------------------------------------------------------------------
+
+def restrict_host_addresses(addresses: Sequence[str]) -> Callable[[], None]:
+    """Offer exactly ``addresses`` as ICE host candidates; return the undo.
+
+    aioice asks ``get_host_addresses`` for the machine's interfaces and always
+    leaves loopback out, so ``host_addresses = ["127.0.0.1"]`` could not be
+    honoured through aiortc's API. The function is replaced in aioice's module:
+    that is process-wide, which matches the setting (one server per process).
+    """
+    original = aioice.ice.get_host_addresses
+    v4 = [a for a in addresses if ipaddress.ip_address(a).version == 4]
+    v6 = [a for a in addresses if ipaddress.ip_address(a).version == 6]
+
+    def configured(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return (v4 if use_ipv4 else []) + (v6 if use_ipv6 else [])
+
+    aioice.ice.get_host_addresses = configured
+
+    def undo() -> None:
+        if aioice.ice.get_host_addresses is configured:
+            aioice.ice.get_host_addresses = original
+
+    return undo
+
+
+def _urls(server: dict[str, Any]) -> list[str]:
+    urls = server.get("urls", server.get("url", []))
+    return [urls] if isinstance(urls, str) else [str(u) for u in urls]
+
+
+def rtc_configuration(ice_servers: Sequence[dict[str, Any]]) -> RTCConfiguration:
+    """The peer connections' configuration; no servers means none at all.
+
+    An empty list is passed explicitly: left unset, aiortc falls back to a
+    public STUN server, which a loopback-only or offline server must not try.
+    """
+    servers = [RTCIceServer(urls=_urls(s), username=s.get("username"),
+                            credential=s.get("credential")) for s in ice_servers]
+    return RTCConfiguration(iceServers=servers)
+
+
+def _quoted(value: object) -> str:
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def link_headers(ice_servers: Sequence[dict[str, Any]]) -> list[str]:
+    """One ``Link`` header value per STUN/TURN URL (RFC 9725 section 4.6)."""
+    headers = []
+    for server in ice_servers:
+        params = ""
+        if server.get("username") is not None:
+            params += f"; username={_quoted(server['username'])}"
+        if server.get("credential") is not None:
+            params += (f"; credential={_quoted(server['credential'])}"
+                       '; credential-type="password"')
+        headers += [f'<{url}>; rel="ice-server"{params}' for url in _urls(server)]
+    return headers
+
+
+# --- offers ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Wanted:
+    """What one side accepts in an offer."""
+
+    direction: str
+    """The offerer's direction for every media section: sendonly (WHIP), recvonly (WHEP)."""
+    video: tuple[str, ...]
+    audio: tuple[str, ...] = AUDIO
+
+
+WHIP = Wanted("sendonly", INGEST_VIDEO)
+WHEP = Wanted("recvonly", VIEWER_VIDEO)
+
+
+def preferences(kind: str, mime_types: Sequence[str]) -> list[RTCRtpCodecCapability]:
+    """aiortc capabilities of these types (H.264 only in packetization mode 1), with RTX."""
+    chosen = []
+    for codec in RTCRtpSender.getCapabilities(kind).codecs:
+        if codec.mimeType == "video/H264" and (
+                codec.parameters.get("profile-level-id") not in H264_PROFILES
+                or codec.parameters.get("packetization-mode") != "1"):
+            continue
+        if codec.mimeType in mime_types or codec.mimeType == "video/rtx":
+            chosen.append(codec)
+    # Keep the order asked for: the first one is what a viewer is sent.
+    order = [*mime_types, "video/rtx"]
+
+    def rank(codec: RTCRtpCodecCapability) -> tuple[int, int]:
+        profile = codec.parameters.get("profile-level-id")
+        return order.index(codec.mimeType), H264_PROFILES.index(profile) if profile else 0
+
+    return sorted(chosen, key=rank)
+
+
+def parse_offer(offer_sdp: str, wanted: Wanted) -> list[str]:
+    """Check an offer; return the kinds of its media sections, in order.
+
+    InvalidSdp when it cannot be read; UnsupportedMedia when it asks for
+    something else than one video section (and at most one audio section)
+    in ``wanted.direction`` with a codec of ``wanted``.
+    """
+    if not offer_sdp.lstrip().startswith("v="):
+        raise InvalidSdp("the body is not an SDP offer (it must start with v=)")
+    try:
+        description = aiosdp.SessionDescription.parse(offer_sdp)
+    except Exception as e:  # aiortc's parser raises whatever it trips on
+        raise InvalidSdp(f"the SDP offer cannot be parsed: {e!r}") from e
+    kinds = [m.kind for m in description.media]
+    if kinds.count("video") != 1 or kinds.count("audio") > 1 or len(kinds) > 2:
+        raise UnsupportedMedia("the offer must have one video section and at most one audio "
+                               f"section (it has: {', '.join(kinds) or 'none'})")
+    for media in description.media:
+        if not media.ice or not media.ice.usernameFragment or not media.ice.password:
+            raise InvalidSdp(f"the {media.kind} section has no ICE credentials")
+        if not media.dtls or not media.dtls.fingerprints:
+            raise InvalidSdp(f"the {media.kind} section has no DTLS fingerprint")
+        if media.direction != wanted.direction:
+            raise UnsupportedMedia(f"the {media.kind} section must be {wanted.direction}")
+        mimes = wanted.video if media.kind == "video" else wanted.audio
+        common = filter_preferred_codecs(find_common_codecs(CODECS[media.kind], media.rtp.codecs),
+                                         preferences(media.kind, mimes))
+        if not common:
+            raise UnsupportedMedia(f"the {media.kind} section offers none of "
+                                   f"{', '.join(m.split('/')[1] for m in mimes)}")
+    return kinds
+
+
+async def answer(pc: RTCPeerConnection, offer_sdp: str) -> str:
+    """Apply the offer, answer as DTLS server, gather every candidate first (no trickle).
+
+    The transceivers, with their codec preferences, must exist already: aiortc
+    picks the codecs in setRemoteDescription, from the transceiver it finds.
+    """
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+    except OperationError as e:  # no codec in common, after all
+        raise UnsupportedMedia(f"the offer's media cannot be used: {e}") from e
+    except ValueError as e:
+        raise InvalidSdp(f"the SDP offer was refused: {e}") from e
+    for transceiver in pc.getTransceivers():
+        # GStreamer's webrtcbin signs DTLS with an RSA certificate, and aiortc
+        # as DTLS client offers only ECDSA cipher suites: be the server
+        # (a=setup:passive), unless the offerer insists on being it.
+        transport = transceiver.receiver.transport
+        if transport._role == "auto":
+            transport._set_role("server")
+    # setLocalDescription waits for ICE gathering to complete, so the answer
+    # carries every candidate.
+    await pc.setLocalDescription(await pc.createAnswer())
+    return str(pc.localDescription.sdp)
+
+
+# --- keyframe requests -----------------------------------------------------------
+
+def on_picture_loss(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
+    """Call ``callback`` when the remote side asks this sender for a keyframe.
+
+    aiortc honours PLI and FIR only on its own encoder; a sender that packs
+    pre-encoded packets needs the request passed to the one shared encoder.
+    """
+    original: Callable[[Any], Awaitable[None]] = sender._handle_rtcp_packet
+
+    async def handle(packet: Any) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            callback()
+        await original(packet)
+
+    # An instance attribute: the DTLS transport looks the method up per packet.
+    setattr(sender, "_handle_rtcp_packet", handle)  # noqa: B010
