@@ -1,4 +1,4 @@
-"""Command line: run the server, add a staff account."""
+"""Command line: run the server, add a staff account, print a feed's token."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from server.clock import SystemClock
 from server.logs import configure
 from server.ratelimit import MemoryRateLimiter
 from server.settings import ConfigError, Settings, load_settings
+from tv.store import FeedTokenStore
 
 log = logging.getLogger("tv")
 
@@ -42,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     # "run.py adduser NAME ... --config F" works as well as "run.py --config F adduser ...";
     # SUPPRESS keeps the main parser's value when the option is not repeated here.
     add.add_argument("--config", default=argparse.SUPPRESS, help="configuration file")
+    tok = sub.add_parser("feed-token", help="print a feed's bearer token (made on first use)")
+    tok.add_argument("feed", help="the feed id, as in [[feeds]] (e.g. afrique, studio)")
+    tok.add_argument("--rotate", action="store_true",
+                     help="replace the token; the live session that used the old one ends")
+    tok.add_argument("--config", default=argparse.SUPPRESS, help="configuration file")
     args = parser.parse_args(argv)
 
     try:
@@ -52,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     configure(settings.log_format, settings.log_level)
     if args.command == "adduser":
         return _adduser(settings, args.name, Role(args.role), args.password_file)
+    if args.command == "feed-token":
+        return _feed_token(settings, args.feed, args.rotate)
 
     if args.rehearsal:
         if not settings.rehearsal_database_url:
@@ -133,6 +141,30 @@ def _adduser(settings: Settings, name: str, role: Role, password_file: Path | No
         print(f"cannot add {name}: {e}", file=sys.stderr)
         return 2
     print(f"{'created' if created else 'updated'} {role.value} account {name!r}")
+    return 0
+
+
+def _feed_token(settings: Settings, feed: str, rotate: bool) -> int:
+    if settings.feed(feed) is None:
+        known = ", ".join(f.id for f in settings.feeds) or "none configured"
+        print(f"unknown feed {feed!r}; the feeds are: {known}", file=sys.stderr)
+        return 2
+
+    async def go() -> str:
+        engine = db.make_engine(settings.database_url)
+        try:
+            await db.migrate(engine)
+            tokens = FeedTokenStore(engine, SystemClock())
+            return await (tokens.rotate(feed) if rotate else tokens.get_or_create(feed))
+        finally:
+            await engine.dispose()
+
+    token = asyncio.run(go())
+    if rotate:
+        # The running server notices within seconds and ends the session
+        # that was published with the old token.
+        print(f"new token for {feed}; the old one no longer works", file=sys.stderr)
+    print(token)
     return 0
 
 

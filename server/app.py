@@ -13,7 +13,8 @@ from qa.service import QuestionService
 from qa.store import QuestionStore
 from schedule import model as schedule_model
 from schedule import routes as schedule_routes
-from schedule.model import EventInfo
+from schedule.events import ProgrammeEnded, SegmentTaken
+from schedule.model import EventInfo, State
 from schedule.service import ProgrammeService
 from schedule.store import TakeLog
 from server import db, keys, pages
@@ -26,6 +27,10 @@ from server.metrics import Metrics, metrics_handler, metrics_middleware
 from server.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from server.realtime import Broadcaster, create_sio, register_namespaces
 from server.settings import Settings
+from tv import routes as tv_routes
+from tv.namespace import VideoPushes
+from tv.service import TvService
+from tv.store import FeedTokenStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,7 +53,8 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
 def create_app(settings: Settings, clock: Clock | None = None) -> web.Application:
     """Build the whole server for ``settings``; resources open on startup."""
     app = web.Application(middlewares=[identity_middleware, metrics_middleware,
-                                       errors_middleware, security_headers],
+                                       tv_routes.cors_middleware, errors_middleware,
+                                       security_headers],
                           client_max_size=256 * 1024)
     app[keys.SETTINGS] = settings
     if clock is None:
@@ -61,7 +67,9 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
     sio = create_sio(settings)
     app[keys.SIO] = sio
     sio.attach(app)
-    register_namespaces(sio, app)
+    video = VideoPushes(sio, app)
+    video.subscribe(app[keys.BUS])
+    register_namespaces(sio, app, video)
     broadcaster = Broadcaster(sio, lambda: app[keys.PROGRAMME_VIEW]())
     broadcaster.subscribe(app[keys.BUS])
 
@@ -70,12 +78,16 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
     app.cleanup_ctx.append(_services)
     app.cleanup_ctx.append(_programme)
     app.cleanup_ctx.append(lambda _app: broadcaster.run())
+    app.cleanup_ctx.append(_video)
+    app.cleanup_ctx.append(video.run)
+    app.cleanup_ctx.append(tv_routes.rotation_watcher)
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_routes(pages.routes)
     app.router.add_routes(qa_routes.routes)
     app.router.add_routes(schedule_routes.routes)
+    app.router.add_routes(tv_routes.routes)
     app.router.add_static("/static", ROOT / "static", append_version=False)
     return app
 
@@ -140,6 +152,44 @@ async def _programme(app: web.Application) -> AsyncIterator[None]:
     await service.stop()
 
 
+# The slate after the show (before it, the slate says the show starts soon).
+_THE_END = "Merci et à bientôt !"
+
+
+async def _video(app: web.Application) -> AsyncIterator[None]:
+    """The media core; it follows the programme, which started before it."""
+    settings, clock, bus = app[keys.SETTINGS], app[keys.CLOCK], app[keys.BUS]
+    app[keys.FEED_TOKENS] = FeedTokenStore(app[keys.ENGINE], clock)
+    app[keys.PUBLISHERS] = tv_routes.Publishers()
+    tv = TvService(settings, clock, bus.publish)
+    app[keys.TV] = tv
+    await tv.start()
+    running = True
+
+    # Every process switches its own programme video, whoever made the take.
+    async def on_taken(event: SegmentTaken) -> None:
+        if running:
+            await tv.switch(event.source, event.segment.title_fr)
+
+    async def on_ended(event: ProgrammeEnded) -> None:
+        if running:
+            await tv.switch(None, _THE_END)
+
+    bus.subscribe(SegmentTaken, on_taken)
+    bus.subscribe(ProgrammeEnded, on_ended)
+    # After a restart nothing is announced: show what is on air now.
+    programme = app[keys.PROGRAMME]
+    snap = programme.snapshot()
+    if snap.on_air is not None and snap.state in (State.LIVE, State.HOLD):
+        segment = programme.plan.get(snap.on_air)
+        await tv.switch(segment.source, segment.title_fr)
+    else:
+        await tv.switch(None, _THE_END if snap.state == State.ENDED else "")
+    yield
+    running = False
+    await tv.stop()
+
+
 async def healthz(request: web.Request) -> web.Response:
     if not await db.ping(request.app[keys.ENGINE]):
         return json_response({"status": "unavailable", "error": "service_unavailable",
@@ -147,4 +197,7 @@ async def healthz(request: web.Request) -> web.Response:
     if not request.app[keys.PROGRAMME].running:
         return json_response({"status": "unavailable", "error": "service_unavailable",
                               "message": "the programme engine is not running"}, status=503)
+    if not request.app[keys.TV].running:
+        return json_response({"status": "unavailable", "error": "service_unavailable",
+                              "message": "the programme video is not running"}, status=503)
     return json_response({"status": "ok"})

@@ -96,6 +96,47 @@ ERRORS: Mapping[str, Mapping[str, str]] = {
     "programme_changed": {
         "fr": "Le conducteur vient de changer : réessayez.",
         "en": "The running order just changed: try again."},
+    "unknown_feed": {
+        "fr": "Cette source vidéo n'existe pas.", "en": "This video source does not exist."},
+    "sdp_required": {
+        "fr": "Envoyez une offre SDP (Content-Type: application/sdp).",
+        "en": "Send an SDP offer (Content-Type: application/sdp)."},
+    "invalid_token": {
+        "fr": "Jeton de la source manquant ou invalide (Authorization: Bearer …).",
+        "en": "The feed's token is missing or invalid (Authorization: Bearer …)."},
+    "invalid_sdp": {
+        "fr": "L'offre SDP est illisible.", "en": "The SDP offer cannot be read."},
+    "unsupported_media": {
+        "fr": "L'offre SDP ne contient aucun flux audio ou vidéo dans un codec pris en charge.",
+        "en": "The SDP offer has no audio or video stream in a supported codec."},
+    "session_not_found": {
+        "fr": "Cette session n'existe pas ou est terminée.",
+        "en": "This session does not exist or has ended."},
+    "trickle_not_supported": {
+        "fr": "Ce serveur ne prend en charge ni le trickle ICE ni le redémarrage ICE (RFC 9725 "
+              "le permet) : mettez toutes les candidates dans l'offre, ou recommencez par un "
+              "nouveau POST.",
+        "en": "This server supports neither trickle ICE nor ICE restarts (RFC 9725 allows "
+              "this): put every candidate in the offer, or start again with a new POST."},
+    "watch_rate_limited": {
+        "fr": "Trop de connexions au direct depuis votre adresse : réessayez dans {seconds} s.",
+        "en": "Too many connections to the live stream from your address: try again in "
+              "{seconds} s."},
+    "no_frame": {
+        "fr": "Aucune image reçue de cette source pour l'instant.",
+        "en": "No picture received from this source yet."},
+    "cue_text_required": {
+        "fr": "Écrivez le message à envoyer au site.",
+        "en": "Write the message to send to the site."},
+    "cue_text_too_long": {
+        "fr": "Le message est trop long : {max} caractères au plus.",
+        "en": "The message is too long: {max} characters at most."},
+    "cue_text_control_characters": {
+        "fr": "Le message contient des caractères invisibles non autorisés.",
+        "en": "The message contains invisible characters that are not allowed."},
+    "video_error": {
+        "fr": "La vidéo n'a pas pu traiter cette demande.",
+        "en": "The video service could not handle this request."},
     "invalid_json": {
         "fr": "Le corps de la requête doit être un objet JSON.",
         "en": "The request body must be a JSON object."},

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from server.metrics import Metrics
     from server.ratelimit import RateLimiter
     from server.settings import Settings
+    from tv.routes import Publishers
+    from tv.service import TvService
+    from tv.store import FeedTokenStore
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
@@ -37,6 +40,9 @@ SIO: web.AppKey[socketio.AsyncServer] = web.AppKey("sio")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 JINJA: web.AppKey[jinja2.Environment] = web.AppKey("jinja")
 CATALOG: web.AppKey[Catalog] = web.AppKey("catalog")
+TV: web.AppKey[TvService] = web.AppKey("tv")
+FEED_TOKENS: web.AppKey[FeedTokenStore] = web.AppKey("feed_tokens")
+PUBLISHERS: web.AppKey[Publishers] = web.AppKey("publishers")
 
 # Per-request values set by middleware.
 LANG: web.RequestKey[str] = web.RequestKey("lang", str)

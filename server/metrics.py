@@ -10,6 +10,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from server import keys
 from server.http import Handler
+from tv.model import FeedState
 
 
 class Metrics:
@@ -24,6 +25,14 @@ class Metrics:
             "tv_http_request_duration_seconds", "HTTP request latency",
             ["method", "route", "status"], registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self.feeds_live = Gauge("tv_feeds_live", "Video sources publishing to this process",
+                                registry=self.registry)
+        self.viewers = Gauge("tv_whep_viewers", "WHEP viewers connected to this process",
+                             registry=self.registry)
+        self.feed_fps = Gauge("tv_feed_fps", "Frames per second received, by feed", ["feed"],
+                              registry=self.registry)
+        self.feed_kbps = Gauge("tv_feed_kbps", "Kilobits per second received, by feed",
+                               ["feed"], registry=self.registry)
         self.errors = Counter("tv_http_errors_total", "HTTP responses with status >= 500",
                               ["route"], registry=self.registry)
 
@@ -47,5 +56,13 @@ async def metrics_handler(request: web.Request) -> web.Response:
     metrics.questions.clear()
     for theme, status, count in await request.app[keys.QUESTIONS].counts():
         metrics.questions.labels(theme, status).set(count)
+    if keys.TV in request.app:
+        tv = request.app[keys.TV]
+        stats = tv.feed_stats()
+        metrics.feeds_live.set(sum(1 for s in stats if s.state is FeedState.LIVE))
+        metrics.viewers.set(tv.viewer_count)
+        for s in stats:
+            metrics.feed_fps.labels(s.feed).set(s.fps or 0)
+            metrics.feed_kbps.labels(s.feed).set(s.kbps or 0)
     return web.Response(body=generate_latest(metrics.registry),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -25,6 +25,7 @@ from server.events import EventBus
 from server.http import VIEWER_COOKIE
 from server.metrics import Metrics
 from server.settings import Settings
+from tv.namespace import CONTRIBUTE, ContributeNamespace, VideoPushes
 
 log = logging.getLogger("tv.realtime")
 
@@ -111,10 +112,12 @@ class StaffNamespace(_Namespace):
         if self.namespace == MODERATION:
             on_air = await self.app[keys.QUESTIONS].on_air()
             await self.emit("on_air", (staff_view(on_air) if on_air else None,), to=sid)
+        if self.namespace == CONTROL:
+            await self.emit("feeds", [s.view() for s in self.app[keys.TV].feed_stats()], to=sid)
 
 
 class ControlNamespace(StaffNamespace):
-    """Directors and admins: the programme (and, with the video, the feeds)."""
+    """Directors and admins: the programme and the feeds (pushed by tv.namespace)."""
 
     role = Role.DIRECTOR
 
@@ -141,7 +144,7 @@ class Broadcaster:
         if not event.local:
             return  # the process that made the change tells everyone (Redis)
         body = self.programme_view()
-        for namespace in (PUBLIC, MODERATION, CONTROL):
+        for namespace in (PUBLIC, MODERATION, CONTROL, CONTRIBUTE):
             await self.sio.emit("programme", body, namespace=namespace)
 
     async def on_submitted(self, event: QuestionSubmitted) -> None:
@@ -198,7 +201,9 @@ class Broadcaster:
             await self._flusher
 
 
-def register_namespaces(sio: socketio.AsyncServer, app: web.Application) -> None:
+def register_namespaces(sio: socketio.AsyncServer, app: web.Application,
+                        video: VideoPushes) -> None:
     sio.register_namespace(PublicNamespace(PUBLIC, app))
     sio.register_namespace(StaffNamespace(MODERATION, app))
     sio.register_namespace(ControlNamespace(CONTROL, app))
+    sio.register_namespace(ContributeNamespace(app, video))
