@@ -21,6 +21,7 @@ import {
   themeTitle,
   tn,
 } from "./common.js";
+import { WhepPlayer } from "./player.js";
 
 const PUBLIC_STATUSES = new Set(["approved", "answered"]);
 const textMax = Number(config.limits?.text_max) || 500;
@@ -52,6 +53,21 @@ const nodes = {
   liveStatus: $("live-status"),
   onAir: $("on-air-question"),
 };
+
+// ---------------------------------------------------------------- player
+
+const player = new WhepPlayer($("player"), { iceServers: config.ice_servers || [] });
+// For tests and support: what the player is doing, and whether pictures flow.
+window.tvPlayer = {
+  get state() {
+    return player.state;
+  },
+  get sessions() {
+    return player.sessions;
+  },
+  framesDecoded: () => player.framesDecoded(),
+};
+player.start();
 
 // ---------------------------------------------------------------- ask form
 
@@ -454,6 +470,7 @@ function renderProgramme(body) {
   clock.update(body);
   programme = body;
   buildProgramme();
+  player.setProgramme(body);
 }
 
 if (config.programme) renderProgramme(config.programme);

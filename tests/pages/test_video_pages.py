@@ -1,0 +1,99 @@
+"""The video pages in headless Chromium: a site publishes from /contribute/europe,
+a viewer watches / — every WebRTC packet kept on loopback in a private network
+namespace (the browser part runs in tests/pages/netns_video.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import ROOT, services_required
+
+CHROMIUM = os.environ.get("TV_TEST_CHROMIUM", "/usr/bin/chromium")
+SCRIPT = Path(__file__).with_name("netns_video.py").relative_to(ROOT)
+
+pytestmark = pytest.mark.browser
+
+
+def _unavailable(reason: str) -> None:
+    if services_required():
+        pytest.fail(f"TV_REQUIRE_SERVICES=1 but {reason}")
+    pytest.skip(reason)
+
+
+def _check_sandbox() -> None:
+    """Root, ``unshare`` and Chromium are needed; a container may refuse namespaces."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        _unavailable("a private network namespace (unshare -n) needs root")
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        _unavailable("unshare (util-linux) and ip (iproute2) are needed")
+    if not Path(CHROMIUM).exists():
+        _unavailable(f"Chromium not found at {CHROMIUM} (Debian package 'chromium')")
+    probe = subprocess.run(["unshare", "-n", "sh", "-c", "ip link set lo up"],
+                           capture_output=True, text=True, timeout=10, check=False)
+    if probe.returncode != 0:
+        _unavailable(f"cannot make a network namespace here: {probe.stderr.strip()}")
+
+
+def _run_in_namespace() -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = f"ip link set lo up && exec {sys.executable} {SCRIPT}"
+    done = subprocess.run(["unshare", "-n", "sh", "-c", command], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=180, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no result line (exit {done.returncode}); stderr:\n{done.stderr[-4000:]}"
+    result: dict[str, Any] = json.loads(lines[-1])
+    result["exit_code"] = done.returncode
+    result["stderr_tail"] = done.stderr[-4000:]
+    return result
+
+
+def test_contributor_publishes_and_viewer_sees_it_live() -> None:
+    _check_sandbox()
+    result = _run_in_namespace()
+    checks = result["checks"]
+    assert result["ok"] and result["exit_code"] == 0, result
+
+    # Before the show the player plays the server's slate, and says so in words.
+    assert checks["before_frames"][1] > checks["before_frames"][0]
+    assert checks["before_picture"]["kind"] == "slate"
+    assert checks["before_caption"] == "L'émission n'a pas commencé"
+
+    # The site's page says the server receives its picture.
+    assert checks["publish_state"] == "live"
+    assert checks["contributor_status"].startswith("Le serveur reçoit votre image : ")
+
+    # Once the Europe duplex is taken: the tally is on air, and the viewer sees
+    # the camera, at the programme's size, frames still rising, same connection.
+    assert checks["tally_text"] == "À L'ANTENNE"
+    picture = checks["live_picture"]
+    assert picture["kind"] == "camera"
+    assert (picture["width"], picture["height"]) == (640, 360)
+    assert checks["live_frames"][1] > checks["live_frames"][0]
+    assert checks["viewer_state"] == "playing"
+    assert checks["same_connection"] is True
+
+    assert checks["cue"]
+
+    # A lost session is replaced by the player itself, and pictures flow again.
+    assert checks["reconnected_frames"][1] > checks["reconnected_frames"][0]
+    assert checks["reconnected_picture"]["kind"] == "camera"
+
+    # After a network cut, in words first, then both pages are back by themselves.
+    assert checks["outage_caption"] == "Reconnexion en cours…"
+    assert checks["outage_publish_state"] == "connecting"
+    assert checks["outage_frames"][1] > checks["outage_frames"][0]
+    assert checks["outage_picture"]["kind"] == "camera"
+
+    # "Arrêter": the page says the server receives nothing; viewers get the slate.
+    assert checks["stopped_publish_state"] == "idle"
+    assert checks["stopped_status"] == "Le serveur ne reçoit rien"
+    assert checks["stopped_picture"]["kind"] == "slate"
+    assert result["page_errors"] == []
