@@ -50,6 +50,7 @@ from tests.benchmarks.procs import (
     cpu_s,
     free_port,
     raise_nofile,
+    run_bench,
     say,
     start_server,
 )
@@ -438,21 +439,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     raise_nofile()
-    try:
-        result = asyncio.run(_main(args))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        say("interrupted; every process it started is stopped")
-        return 130
-    print(json.dumps(result, indent=2))
-    return 0
-
-
-async def _main(args: argparse.Namespace) -> dict[str, Any]:
-    # SIGTERM, like Ctrl-C, unwinds through the cleanup that stops every child.
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    return await bench(args)
+    return run_bench(bench, args)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,6 @@ import itertools
 import json
 import math
 import re
-import signal
 import statistics
 import sys
 import tempfile
@@ -62,7 +61,7 @@ import socketio
 
 from server.settings import load_settings
 from tests.benchmarks.fleet import reply
-from tests.benchmarks.procs import Child, bench_config, free_port, say
+from tests.benchmarks.procs import Child, bench_config, free_port, run_bench, say
 
 END = "(end)"
 
@@ -429,21 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.timer_child:
         asyncio.run(timer_child())
         return 0
-    try:
-        result = asyncio.run(_main(args))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        say("interrupted; every process it started is stopped")
-        return 130
-    print(json.dumps(result, indent=2))
-    return 0
-
-
-async def _main(args: argparse.Namespace) -> dict[str, Any]:
-    # SIGTERM, like Ctrl-C, unwinds through the cleanup that stops every child.
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    return await bench(args)
+    return run_bench(bench, args)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import os
@@ -120,7 +119,15 @@ from PIL import Image
 
 from server.settings import load_settings
 from tests.benchmarks.fleet import reply, serve_commands
-from tests.benchmarks.procs import Child, bench_config, cpu_s, free_port, raise_nofile, say
+from tests.benchmarks.procs import (
+    Child,
+    bench_config,
+    cpu_s,
+    free_port,
+    raise_nofile,
+    run_bench,
+    say,
+)
 from tests.benchmarks.procs import start_server as start_run_py
 from tests.helpers import PASSWORD, ROOT, Http
 from tests.tv.peers import COLOURS, ColourTrack, ToneTrack, colour_name
@@ -1113,20 +1120,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.role:
         run_role(args)
         return 0
-    try:
-        result = asyncio.run(_main(args))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        say("interrupted; every process it started is stopped")
-        return 130
-    print(json.dumps(result, indent=2))
-    return 0
-
-
-async def _main(args: argparse.Namespace) -> dict[str, Any]:
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    return await bench(args)
+    return run_bench(bench, args)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ SIGKILL, so nothing outlives a run.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ctypes
 import json
@@ -17,6 +18,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +208,23 @@ def raise_nofile() -> None:
     wanted = 65536 if hard == resource.RLIM_INFINITY else hard
     if soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def run_bench(bench: Callable[[argparse.Namespace], Awaitable[dict[str, Any]]],
+              args: argparse.Namespace) -> int:
+    """Run a benchmark, print its JSON; Ctrl-C or SIGTERM stops every child it started."""
+
+    async def guarded() -> dict[str, Any]:
+        # SIGTERM, like Ctrl-C, unwinds through the cleanup that stops every child.
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await bench(args)
+
+    try:
+        result = asyncio.run(guarded())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        say("interrupted; every process it started is stopped")
+        return 130
+    print(json.dumps(result, indent=2))
+    return 0
