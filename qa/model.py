@@ -10,7 +10,7 @@ import enum
 import math
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -207,11 +207,15 @@ def tokens(text: str) -> frozenset[str]:
     return frozenset(w for w in fold(text).split() if w not in _STOPWORDS and len(w) > 1)
 
 
-def similarity(a: frozenset[str], b: frozenset[str]) -> float:
-    """Jaccard similarity of two token sets (1.0 is the same words)."""
+def similarity(a: frozenset[str], b: Collection[str]) -> float:
+    """Jaccard similarity of two token sets (1.0 is the same words).
+
+    ``b`` may be any collection of distinct words (the index keeps tuples).
+    """
     if not a or not b:
         return 0.0
-    return len(a & b) / len(a | b)
+    shared = len(a.intersection(b))
+    return shared / (len(a) + len(b) - shared)
 
 
 BUILTIN_PROFANITY = (
@@ -310,8 +314,7 @@ class DuplicateIndex:
             other = self._tokens[qid][1]
             if not t * n - 1e-9 <= len(other) <= n / t + 1e-9:
                 continue  # too short or too long to be that similar
-            shared = len(toks.intersection(other))
-            score = shared / (n + len(other) - shared)
+            score = similarity(toks, other)
             if score >= best_score and (best is None or score > best_score):
                 best, best_score = qid, score
         return best

@@ -200,7 +200,10 @@ class Due:
 
 def next_due(plan: Plan, log: Sequence[Entry], auto_start: bool) -> Due | None:
     """The next automatic action: start, the take at a segment's end, a hard start, the end."""
-    r = replay(plan, log)
+    return _next_due(plan, replay(plan, log), log[-1].at if log else None, auto_start)
+
+
+def _next_due(plan: Plan, r: Replay, last_at: datetime | None, auto_start: bool) -> Due | None:
     if r.state == State.ENDED:
         return None
     if r.state == State.BEFORE:
@@ -232,7 +235,7 @@ def next_due(plan: Plan, log: Sequence[Entry], auto_start: bool) -> Due | None:
     # or one that must cut in anyway.
     due = min(candidates, key=lambda d: d.at)
     # A segment shortened past now ends now: the log never goes back in time.
-    floor = log[-1].at if log else due.at
+    floor = last_at or due.at
     return due if due.at >= floor else Due(floor, due.action, due.segment_id)
 
 
@@ -369,7 +372,7 @@ def snapshot(plan: Plan, log: Sequence[Entry], now: datetime, auto_start: bool) 
             seg, start or expected.get(i, seg.planned_start), start, r.actual_end.get(i),
             skipped=i in skipped or never))
 
-    due = next_due(plan, log, auto_start)
+    due = _next_due(plan, r, log[-1].at if log else None, auto_start)
     if r.state == State.LIVE and due is not None:
         # Its nominal end, or earlier if a hard start cuts it, or later if it
         # runs on until one (while held: None, it runs until the director says).
