@@ -83,6 +83,8 @@ class VideoSettings:
     fps: int = 30
     bitrate_kbps: int = 2500
     keyframe_interval_s: float = 2.0
+    audio_frame_ms: int = 60
+    """Opus frame (and RTP packet) duration: 20, 40 or 60 ms."""
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,10 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
         fps=r.integer("video.fps", 30, lo=1, hi=60),
         bitrate_kbps=r.integer("video.bitrate_kbps", 2500, lo=100, hi=20_000),
         keyframe_interval_s=r.number("video.keyframe_interval_s", 2.0, lo=0.2, hi=10.0),
+        audio_frame_ms=r.integer("video.audio_frame_ms", 60, lo=20, hi=60),
     )
+    if video.audio_frame_ms not in (20, 40, 60):
+        raise ConfigError("video.audio_frame_ms must be 20, 40 or 60")
     if video.width % 2 or video.height % 2:
         raise ConfigError("video.width and video.height must be even numbers")
     log_format = r.string("logging.format", "json")

@@ -36,8 +36,8 @@ class AudioSink:
     """One consumer's buffer of a source's sound: s16 stereo 48 kHz, bounded.
 
     The output clock takes a fixed number of samples per tick; after running
-    dry it waits for ``prime_s`` of sound, so that network jitter makes one
-    gap rather than many.
+    dry it waits for one tick's worth and ``prime_s`` more, so that network
+    jitter makes one gap rather than many.
     """
 
     def __init__(self, max_s: float = 0.2, prime_s: float = 0.04) -> None:
@@ -54,7 +54,7 @@ class AudioSink:
     def read(self, samples: int) -> bytes | None:
         """``samples`` samples, or None when there are not enough yet."""
         size = samples * BYTES_PER_SAMPLE
-        if not self._primed and len(self._buffer) < max(size, self._prime):
+        if not self._primed and len(self._buffer) < size + self._prime:
             return None
         if len(self._buffer) < size:
             self._primed = False

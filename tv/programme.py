@@ -2,7 +2,7 @@
 
 The programme is a channel whose source follows the running order; a staff
 member watching one feed gets a channel of that feed alone. Each channel runs
-two fixed clocks (video at the configured rate, audio every 20 ms) on absolute
+two fixed clocks (video at the configured rate, audio every 20 to 60 ms) on absolute
 deadlines: late ticks are skipped, never accumulated, so the output never
 drifts. At each video tick it takes the newest picture of its source (so a
 source's frames are repeated or dropped to fit the clock), or the slate when
@@ -22,10 +22,13 @@ from fractions import Fraction
 from typing import Any, Protocol
 
 import av
+from aiortc import clock as ntp_clock
 from av.video.frame import PictureType
 
 from server.clock import Clock
 from server.settings import VideoSettings
+from tv.fanout import Burst, History
+from tv.h264 import packetize
 from tv.ingest import SAMPLE_RATE, AudioSink, FeedSource
 from tv.slate import STARTING_SOON, WAITING, Slate
 
@@ -33,18 +36,19 @@ log = logging.getLogger("tv.programme")
 
 VIDEO_TIME_BASE = Fraction(1, 90000)
 AUDIO_TIME_BASE = Fraction(1, SAMPLE_RATE)
-AUDIO_FRAME_S = 0.020
-AUDIO_SAMPLES = 960
-SILENCE = bytes(AUDIO_SAMPLES * 4)
 AUDIO_BITRATE = 128_000
 KEYFRAME_MIN_GAP_S = 0.5
 """At most one forced keyframe per this many seconds, however many viewers ask."""
 
 
+FAN_OUT_SLICE = 64
+"""Viewers served before the event loop gets a turn, within one burst."""
+
+
 class Receiver(Protocol):
     """One viewer's end of a channel (tv.whep.Viewer)."""
 
-    def put(self, kind: str, packet: av.Packet[Any]) -> None: ...
+    def send(self, burst: Burst, abs_send_time: int, ntp: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -84,19 +88,22 @@ class VideoEncoder:
 
 
 class AudioEncoder:
-    """Opus, stereo 48 kHz, 20 ms frames."""
+    """Opus, stereo 48 kHz, one packet per ``frame_ms`` (20, 40 or 60 ms)."""
 
-    def __init__(self) -> None:
+    def __init__(self, frame_ms: int) -> None:
+        self.samples = SAMPLE_RATE * frame_ms // 1000
+        self.silence = bytes(self.samples * 4)
         ctx = av.CodecContext.create("libopus", "w")
         ctx.bit_rate = AUDIO_BITRATE
         ctx.format = "s16"
         ctx.layout = "stereo"
         ctx.sample_rate = SAMPLE_RATE
         ctx.time_base = AUDIO_TIME_BASE
+        ctx.options = {"frame_duration": str(frame_ms)}
         self.ctx = ctx
 
     def encode(self, pcm: bytes, pts: int) -> list[av.Packet[Any]]:
-        frame = av.AudioFrame(format="s16", layout="stereo", samples=AUDIO_SAMPLES)
+        frame = av.AudioFrame(format="s16", layout="stereo", samples=self.samples)
         frame.planes[0].update(pcm)
         frame.sample_rate, frame.pts, frame.time_base = SAMPLE_RATE, pts, AUDIO_TIME_BASE
         return self.ctx.encode(frame)
@@ -136,12 +143,14 @@ class Channel:
         self.receivers: set[Receiver] = set()
         self._sink = AudioSink()
         self._video_encoder = VideoEncoder(video)
-        self._audio_encoder = AudioEncoder()
+        self._audio_encoder = AudioEncoder(video.audio_frame_ms)
         self._scaled: tuple[av.VideoFrame, av.VideoFrame] | None = None
         self._key_due: float | None = None
         self._key_asked_at = 0.0
         self._last_key = -math.inf
         self._tasks: list[asyncio.Task[None]] = []
+        self.histories = {"video": History(), "audio": History()}
+        """The packets sent lately, per kind, shared by every viewer for repairs (NACK)."""
 
     # --- control -----------------------------------------------------------------
 
@@ -216,8 +225,25 @@ class Channel:
                 if packet.is_keyframe and self._key_due is not None \
                         and self._key_asked_at <= now:
                     self._key_due = None  # that request is served by this keyframe
-                for receiver in list(self.receivers):
-                    receiver.put("video", packet)
+                # The encoder keeps the frames' 90 kHz time stamps, the RTP clock's.
+                timestamp = packet.pts if packet.pts is not None else pts
+                await self._fan_out(self.histories["video"].add(
+                    "video", packetize(bytes(packet)), timestamp, packet.is_keyframe))
+
+    async def _fan_out(self, burst: Burst) -> None:
+        """Send one burst to every receiver, giving the event loop a turn every slice."""
+        receivers = list(self.receivers)
+        for start in range(0, len(receivers), FAN_OUT_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            ntp = ntp_clock.current_ntp_time()
+            abs_send_time = (ntp >> 14) & 0xFFFFFF
+            for receiver in receivers[start:start + FAN_OUT_SLICE]:
+                try:
+                    receiver.send(burst, abs_send_time, ntp)
+                except Exception:
+                    # One viewer's trouble must not cost the others their picture.
+                    log.exception("a packet could not be sent to a viewer of %s", self.name)
 
     def _pick(self, now: float) -> av.VideoFrame | SlateText:
         source = self.source
@@ -246,23 +272,25 @@ class Channel:
         return scaled
 
     async def _run_audio(self) -> None:
-        ticker = Ticker(AUDIO_FRAME_S)
+        encoder = self._audio_encoder
+        ticker = Ticker(encoder.samples / SAMPLE_RATE)
         while True:
             n = await ticker.next()
             source = self.source
             pcm = None
             if source is not None and source.has_signal(time.monotonic()):
-                pcm = self._sink.read(AUDIO_SAMPLES)
+                pcm = self._sink.read(encoder.samples)
             else:
                 self._sink.clear()
             if not self.receivers:
                 continue
             try:
-                packets = self._audio_encoder.encode(pcm or SILENCE, n * AUDIO_SAMPLES)
+                packets = encoder.encode(pcm or encoder.silence, n * encoder.samples)
             except Exception:
                 log.exception("the %s sound could not be encoded", self.name)
                 continue
-            # Opus encodes 20 ms in a fraction of a millisecond: no thread needed.
+            # Opus encodes 60 ms in a fraction of a millisecond: no thread needed.
             for packet in packets:
-                for receiver in list(self.receivers):
-                    receiver.put("audio", packet)
+                timestamp = packet.pts if packet.pts is not None else n * encoder.samples
+                await self._fan_out(self.histories["audio"].add(
+                    "audio", [bytes(packet)], timestamp, True))

@@ -176,7 +176,7 @@ class TvService:
         key = PROGRAMME if feed is None else self._source(feed).id
         channel = self._channel(key)
         pc = self._peer_connection()
-        viewer = Viewer(pc, key, self.settings.video.fps, channel.request_keyframe)
+        viewer = Viewer(pc, key, channel.request_keyframe, channel.histories)
         self._viewers[viewer.id] = viewer
         self._on_connection(pc, ended=lambda: self._end_viewer(viewer),
                             connected=lambda: channel.attach(viewer))

@@ -24,7 +24,13 @@ from aiortc import sdp as aiosdp
 from aiortc.codecs import CODECS
 from aiortc.exceptions import OperationError
 from aiortc.rtcpeerconnection import filter_preferred_codecs, find_common_codecs
-from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
+from aiortc.rtp import (
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpRtpfbPacket,
+)
 
 from tv.errors import InvalidSdp, UnsupportedMedia
 
@@ -193,17 +199,24 @@ async def answer(pc: RTCPeerConnection, offer_sdp: str) -> str:
 
 # --- keyframe requests -----------------------------------------------------------
 
-def on_picture_loss(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
-    """Call ``callback`` when the remote side asks this sender for a keyframe.
+def on_feedback(sender: RTCRtpSender, picture_loss: Callable[[], None] | None,
+                lost: Callable[[list[int]], None]) -> None:
+    """Pass a viewer's keyframe requests and loss reports on, for a sender aiortc does not feed.
 
-    aiortc honours PLI and FIR only on its own encoder; a sender that packs
-    pre-encoded packets needs the request passed to the one shared encoder.
+    aiortc honours PLI and FIR only on its own encoder, and answers a NACK
+    only from its own send history: a sender whose packets are encoded and
+    packetized once for every viewer (tv.fanout) needs the request passed to
+    the one shared encoder, and the loss to the channel's history.
     """
     original: Callable[[Any], Awaitable[None]] = sender._handle_rtcp_packet
 
     async def handle(packet: Any) -> None:
         if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
-            callback()
+            if picture_loss is not None:
+                picture_loss()
+        elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            lost(packet.lost)
+            return  # aiortc's own history is empty: it has nothing to send again
         await original(packet)
 
     # An instance attribute: the DTLS transport looks the method up per packet.

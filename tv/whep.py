@@ -1,106 +1,93 @@
 """Viewers (WHEP): each gets the channel's packets, never an encoder of its own.
 
-aiortc's sender packs an av.Packet returned by its track as it is, without
-re-encoding; so every viewer's senders read one PacketTrack each, fed by the
-channel's single encoder. A slow viewer loses packets, not the others' time:
-its queue is bounded and, for video, restarts at the next keyframe.
+aiortc negotiates each viewer's connection and runs its ICE, DTLS and RTCP;
+its senders are given tracks that never yield a frame, and the channel's
+packets, encoded and packetized once, reach the viewer through one
+tv.fanout.RtpStream per media section.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
-from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
-import av
-from aiortc import MediaStreamTrack, RTCPeerConnection
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpTransceiver, clock
 from aiortc.mediastreams import MediaStreamError
 
-from tv.webrtc import AUDIO, VIEWER_VIDEO, WHEP, answer, on_picture_loss, parse_offer, preferences
-
-VIDEO_QUEUE_S = 1.0
-AUDIO_QUEUE = 50
-"""One second of 20 ms Opus frames."""
+from tv.fanout import Burst, History, Negotiated, RtpStream
+from tv.webrtc import AUDIO, VIEWER_VIDEO, WHEP, answer, on_feedback, parse_offer, preferences
 
 
-class PacketTrack(MediaStreamTrack):
-    """Pre-encoded packets for one sender, from a bounded queue.
+class IdleTrack(MediaStreamTrack):
+    """The track an aiortc sender is given: it waits, without a frame, until stopped.
 
-    A video track drops everything until a keyframe (at the start, and after
-    an overflow), since a picture cannot be decoded from the middle of a GOP.
+    The sender's send loop then costs nothing; the packets go out through
+    the viewer's RtpStream instead.
     """
 
-    def __init__(self, kind: str, size: int, on_gap: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, kind: str) -> None:
         super().__init__()
         self.kind = kind
-        self._size = size
-        self._on_gap = on_gap
-        self._queue: deque[av.Packet[Any]] = deque()
-        self._ready = asyncio.Event()
-        self._want_keyframe = kind == "video"
+        self._ended = asyncio.Event()
 
-    def put(self, packet: av.Packet[Any]) -> None:
-        if self.readyState != "live":
-            return
-        if len(self._queue) >= self._size:
-            if self.kind == "video":
-                self._queue.clear()
-                self._want_keyframe = True
-                self._on_gap()
-            else:
-                self._queue.popleft()
-        if self._want_keyframe:
-            if not packet.is_keyframe:
-                return
-            self._want_keyframe = False
-        self._queue.append(packet)
-        self._ready.set()
-
-    async def recv(self) -> av.Packet[Any]:
-        while not self._queue:
-            if self.readyState != "live":
-                raise MediaStreamError
-            self._ready.clear()
-            await self._ready.wait()
-        return self._queue.popleft()
+    async def recv(self) -> NoReturn:
+        await self._ended.wait()
+        raise MediaStreamError
 
     def stop(self) -> None:
         super().stop()
-        self._ready.set()
+        self._ended.set()
 
 
 class Viewer:
-    """One WHEP session: a peer connection and its two packet tracks."""
+    """One WHEP session: a peer connection and one RtpStream per media section."""
 
-    def __init__(self, pc: RTCPeerConnection, channel: str, fps: int,
-                 request_keyframe: Callable[[], None]) -> None:
+    def __init__(self, pc: RTCPeerConnection, channel: str, request_keyframe: Callable[[], None],
+                 histories: dict[str, History]) -> None:
         self.id = uuid.uuid4().hex
         self.pc = pc
         self.channel = channel
         """The programme ("programme") or the feed id this viewer watches."""
-        self.tracks = {
-            "video": PacketTrack("video", max(8, round(fps * VIDEO_QUEUE_S)), request_keyframe),
-            "audio": PacketTrack("audio", AUDIO_QUEUE),
-        }
         self.request_keyframe = request_keyframe
+        self.histories = histories
+        self.streams: dict[str, RtpStream] = {}
+        self._tracks: list[IdleTrack] = []
 
-    def put(self, kind: str, packet: av.Packet[Any]) -> None:
-        self.tracks[kind].put(packet)
+    def send(self, burst: Burst, abs_send_time: int, ntp: int) -> None:
+        stream = self.streams.get(burst.kind)
+        if stream is not None:
+            stream.send(burst, abs_send_time, ntp)
+
+    def _lost(self, kind: str, lost: Sequence[int]) -> None:
+        stream = self.streams.get(kind)
+        if stream is not None:
+            stream.retransmit(lost, (clock.current_ntp_time() >> 14) & 0xFFFFFF)
 
     async def negotiate(self, offer_sdp: str) -> str:
         """Answer the viewer's offer: H.264 video and Opus audio, sent only."""
         kinds = parse_offer(offer_sdp, WHEP)
+        transceivers: dict[str, RTCRtpTransceiver] = {}
         for kind in kinds:
-            transceiver = self.pc.addTransceiver(self.tracks[kind], direction="sendonly")
+            track = IdleTrack(kind)
+            self._tracks.append(track)
+            transceiver = self.pc.addTransceiver(track, direction="sendonly")
             # Before the offer is applied: aiortc chooses codecs there.
             transceiver.setCodecPreferences(
                 preferences(kind, VIEWER_VIDEO if kind == "video" else AUDIO))
-            if kind == "video":
-                on_picture_loss(transceiver.sender, self.request_keyframe)
-        return await answer(self.pc, offer_sdp)
+            transceivers[kind] = transceiver
+        answer_sdp = await answer(self.pc, offer_sdp)
+        for kind, transceiver in transceivers.items():
+            self.streams[kind] = RtpStream(kind, transceiver.sender, Negotiated.of(transceiver),
+                                           self.histories[kind])
+            on_feedback(transceiver.sender,
+                        picture_loss=self.request_keyframe if kind == "video" else None,
+                        lost=functools.partial(self._lost, kind))
+        return answer_sdp
 
     def stop(self) -> None:
-        for track in self.tracks.values():
+        self.streams.clear()
+        for track in self._tracks:
             track.stop()

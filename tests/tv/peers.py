@@ -167,7 +167,8 @@ class Watcher:
         self.colour = "none"
         self.frames = 0
         self.keyframes = 0
-        self.loud_frames = 0
+        self.loud_s = 0.0
+        """Seconds of sound heard above a whisper."""
         self.first_frame_at: float | None = None
         self.connected_at: float | None = None
         self.video_receiver: RTCRtpReceiver | None = None
@@ -223,7 +224,7 @@ class Watcher:
                 assert isinstance(frame, av.AudioFrame)
                 pcm = array.array("h", bytes(frame.planes[0])[:frame.samples * 4])
                 if max(map(abs, pcm), default=0) > 1000:
-                    self.loud_frames += 1
+                    self.loud_s += frame.samples / frame.sample_rate
 
     async def until(self, check: Callable[[Watcher], Any], within: float) -> float:
         """Seconds until ``check(self)`` holds; TimeoutError after ``within``."""
