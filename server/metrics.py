@@ -33,8 +33,22 @@ class Metrics:
                               registry=self.registry)
         self.feed_kbps = Gauge("tv_feed_kbps", "Kilobits per second received, by feed",
                                ["feed"], registry=self.registry)
+        self.packets = Counter(
+            "tv_whep_packets", "RTP packets for viewers: sent in the stream, sent again after "
+            "a viewer reported a loss (repaired), or dropped at this server's socket",
+            ["outcome"], registry=self.registry)
+        self._packets_seen: dict[str, int] = {}
         self.errors = Counter("tv_http_errors_total", "HTTP responses with status >= 500",
                               ["route"], registry=self.registry)
+
+
+    def count_packets(self, outcome: str, total: int) -> None:
+        """Advance the counter to ``total`` (the service keeps the running totals)."""
+        seen = self._packets_seen.get(outcome, 0)
+        child = self.packets.labels(outcome)  # shown from the start, at 0
+        if total > seen:
+            child.inc(total - seen)
+        self._packets_seen[outcome] = total
 
 
 @web.middleware
@@ -61,6 +75,10 @@ async def metrics_handler(request: web.Request) -> web.Response:
         stats = tv.feed_stats()
         metrics.feeds_live.set(sum(1 for s in stats if s.state is FeedState.LIVE))
         metrics.viewers.set(tv.viewer_count)
+        delivery = tv.delivery()
+        metrics.count_packets("sent", delivery.sent)
+        metrics.count_packets("repaired", delivery.repaired)
+        metrics.count_packets("dropped", delivery.dropped)
         for s in stats:
             metrics.feed_fps.labels(s.feed).set(s.fps or 0)
             metrics.feed_kbps.labels(s.feed).set(s.kbps or 0)

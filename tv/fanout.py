@@ -88,6 +88,20 @@ class History:
         return slot if slot is not None and slot[0] == seq else None
 
 
+@dataclass
+class Delivery:
+    """Packets sent to viewers: in the stream, sent again after a NACK, lost at our socket."""
+
+    sent: int = 0
+    repaired: int = 0
+    dropped: int = 0
+
+    def add(self, other: Delivery) -> None:
+        self.sent += other.sent
+        self.repaired += other.repaired
+        self.dropped += other.dropped
+
+
 @dataclass(frozen=True)
 class Negotiated:
     """What one viewer's media section settled on, read from aiortc after the answer."""

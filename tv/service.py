@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from aiortc import RTCPeerConnection
 
@@ -19,6 +20,7 @@ from server.clock import Clock
 from server.settings import Settings
 from tv.errors import SessionNotFound, UnknownFeed
 from tv.events import FeedStateChanged
+from tv.fanout import Delivery
 from tv.ingest import FeedSource, IngestSession
 from tv.model import FeedState, FeedStats
 from tv.programme import Channel
@@ -54,6 +56,8 @@ class TvService:
         self.sources = {f.id: FeedSource(f.id) for f in settings.feeds}
         self._sessions: dict[str, IngestSession] = {}
         self._viewers: dict[str, Viewer] = {}
+        self._delivered_before = Delivery()
+        """What viewers who have left were sent (the totals stay monotonic)."""
         self._channels: dict[str, Channel] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._undo_ice: Callable[[], None] | None = None
@@ -198,6 +202,13 @@ class TvService:
         """``Link`` header values announcing the configured STUN/TURN servers (RFC 9725)."""
         return link_headers(self.settings.webrtc.ice_servers)
 
+    def delivery(self) -> Delivery:
+        """Packets sent to viewers since start: sent, repaired after a NACK, dropped."""
+        total = replace(self._delivered_before)
+        for viewer in self._viewers.values():
+            total.add(viewer.delivery())
+        return total
+
     @property
     def viewer_count(self) -> int:
         """Viewers of the programme (staff watching single feeds are not counted)."""
@@ -270,6 +281,7 @@ class TvService:
     async def _end_viewer(self, viewer: Viewer) -> None:
         if self._viewers.pop(viewer.id, None) is None:
             return  # ended already (closing the connection reports here again)
+        self._delivered_before.add(viewer.delivery())
         channel = self._channels.get(viewer.channel)
         if channel is not None:
             channel.detach(viewer)

@@ -17,7 +17,7 @@ from typing import NoReturn
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpTransceiver, clock
 from aiortc.mediastreams import MediaStreamError
 
-from tv.fanout import Burst, History, Negotiated, RtpStream
+from tv.fanout import Burst, Delivery, History, Negotiated, RtpStream
 from tv.webrtc import AUDIO, VIEWER_VIDEO, WHEP, answer, on_feedback, parse_offer, preferences
 
 
@@ -61,6 +61,12 @@ class Viewer:
         if stream is not None:
             stream.send(burst, abs_send_time, ntp)
 
+    def delivery(self) -> Delivery:
+        total = Delivery()
+        for stream in self.streams.values():
+            total.add(Delivery(stream.packets, stream.retransmitted, stream.dropped))
+        return total
+
     def _lost(self, kind: str, lost: Sequence[int]) -> None:
         stream = self.streams.get(kind)
         if stream is not None:
@@ -88,6 +94,5 @@ class Viewer:
         return answer_sdp
 
     def stop(self) -> None:
-        self.streams.clear()
         for track in self._tracks:
             track.stop()

@@ -253,6 +253,22 @@ export class WhepPlayer {
     return this.shownFrames() || this.statsFrames;
   }
 
+  /** Sound received so far (getStats), or null before a connection: for support and tests. */
+  async inboundAudio() {
+    if (!this.pc) return null;
+    try {
+      let audio = null;
+      (await this.pc.getStats()).forEach((stat) => {
+        if (stat.type === "inbound-rtp" && (stat.kind || stat.mediaType) === "audio") {
+          audio = { samples: stat.totalSamplesReceived || 0, concealed: stat.concealedSamples || 0, packets: stat.packetsReceived || 0 };
+        }
+      });
+      return audio;
+    } catch {
+      return null;
+    }
+  }
+
   shownFrames() {
     const quality = typeof this.video.getVideoPlaybackQuality === "function" ? this.video.getVideoPlaybackQuality() : null;
     return quality?.totalVideoFrames || 0;

@@ -66,6 +66,7 @@ window.tvPlayer = {
     return player.sessions;
   },
   framesDecoded: () => player.framesDecoded(),
+  inboundAudio: () => player.inboundAudio(),
 };
 player.start();
 

@@ -91,6 +91,25 @@ async def wait_for(page: Page, expression: str, what: str, timeout_s: float = 20
         await asyncio.sleep(0.25)
 
 
+AUDIO_JS = "window.tvPlayer.inboundAudio()"
+
+
+async def sound_flowing(page: Page) -> dict[str, Any]:
+    """The programme's sound over one second: samples received, few of them concealed."""
+    first = await page.evaluate(AUDIO_JS)
+    await asyncio.sleep(1.0)
+    second = await page.evaluate(AUDIO_JS)
+    if not first or not second:
+        raise Failed(f"the player has no inbound audio: {first} then {second}")
+    samples = second["samples"] - first["samples"]
+    concealed = second["concealed"] - first["concealed"]
+    # One second at 48 kHz; allow for the jitter buffer's adjustments.
+    if samples < 40_000 or concealed > samples / 4:
+        raise Failed(f"the sound is not flowing: {samples} samples in 1 s, {concealed} concealed")
+    return {"samples_per_s": samples, "concealed": concealed,
+            "packets_per_s": second["packets"] - first["packets"]}
+
+
 async def frames_rising(page: Page) -> list[int]:
     """Decoded-frame counts one second apart; they must rise."""
     first = await page.evaluate("window.tvPlayer.framesDecoded()")
@@ -161,6 +180,7 @@ async def run(browser: Browser, base: str, token: str, director: Http,
     checks["tally_text"] = await site.inner_text("#tally [data-role='text']")
     checks["live_picture"] = await wait_picture(viewer, "camera", 20)
     checks["live_frames"] = await frames_rising(viewer)
+    checks["live_sound"] = await sound_flowing(viewer)
     checks["viewer_state"] = await viewer.evaluate("window.tvPlayer.state")
     checks["same_connection"] = await viewer.evaluate("window.tvPlayer.sessions") == sessions
 

@@ -77,6 +77,9 @@ def test_contributor_publishes_and_viewer_sees_it_live() -> None:
     assert picture["kind"] == "camera"
     assert (picture["width"], picture["height"]) == (640, 360)
     assert checks["live_frames"][1] > checks["live_frames"][0]
+    # The contributor's microphone is heard: Opus packets decoded to a second of sound.
+    print("sound at the viewer:", checks["live_sound"])
+    assert checks["live_sound"]["samples_per_s"] >= 40_000
     assert checks["viewer_state"] == "playing"
     assert checks["same_connection"] is True
 

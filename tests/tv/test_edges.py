@@ -5,6 +5,7 @@ socket (tally, cues, status), the control room's feeds, snapshots and the page.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -380,6 +381,13 @@ async def test_the_programme_follows_the_takes_and_a_restart(start_server, setti
         status, _, _ = await director.request("POST", "/api/programme/take/duplex-afrique")
         assert status == 200
         await sees(viewer, "red")
+        # What an operator reads: one viewer, packets flowing to it, none dropped.
+        status, metrics, _ = await director.request("GET", "/metrics")
+        text = metrics.decode()
+        assert "tv_whep_viewers 1.0" in text
+        sent = re.search(r'^tv_whep_packets_total\{outcome="sent"\} (\S+)$', text, re.M)
+        assert sent and float(sent.group(1)) > 0, text
+        assert 'tv_whep_packets_total{outcome="dropped"} 0.0' in text
     await first.close()
 
     # After a restart nothing is announced: the video still shows what is on air.

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiortc import RTCRtpReceiver
+from aiortc.rtp import RtpPacket
 from PIL import Image
 
 from server.clock import SystemClock
@@ -170,6 +172,67 @@ async def test_a_joining_viewer_gets_a_picture_within_a_second(room: Room) -> No
     took = await first.until(lambda w: w.keyframes > keyframes, within=1)
     print(f"picture loss reported: keyframe after {took * 1000:.0f} ms")
     assert took < 0.5
+
+
+async def remote_reports(receiver: RTCRtpReceiver) -> tuple[int, int, int]:
+    """(packets the server says it sent, packets received, packets lost), from getStats."""
+    stats = list((await receiver.getStats()).values())
+    sent = [s for s in stats if s.type == "remote-outbound-rtp"]
+    received = [s for s in stats if s.type == "inbound-rtp"]
+    assert sent and received, f"no sender report yet: {[s.type for s in stats]}"
+    return sent[0].packetsSent, received[0].packetsReceived, received[0].packetsLost
+
+
+async def test_lost_packets_are_sent_again_and_reports_match_what_was_sent(room: Room) -> None:
+    """A viewer on a lossy network asks again for what it missed (NACK) and gets it over RTX."""
+    tv = room.tv
+    await room.publisher("afrique", "red")
+    await tv.switch("afrique", "Duplex Afrique")
+    viewer = await room.watcher()
+    await viewer.sees("red", within=3)
+    assert viewer.video_receiver is not None
+    audio = next(t.receiver for t in viewer.pc.getTransceivers() if t.kind == "audio")
+
+    # No loss yet: the sender reports count what arrived, and nothing is missing.
+    await asyncio.sleep(1.6)  # at least one report (every 0.5 to 1.5 s)
+    for receiver, rate in ((viewer.video_receiver, 40), (audio, 17)):
+        sent, received, lost = await remote_reports(receiver)
+        assert 0 < sent <= received + 2 * rate, (sent, received)
+        assert received - sent <= 2 * rate, (sent, received)
+        assert lost == 0
+
+    # The network now eats every fourth video packet on the way to the viewer.
+    receiver = viewer.video_receiver
+    original = receiver._handle_rtp_packet
+    dropped: set[int] = set()
+    repaired: set[int] = set()
+    h264 = next(c.payloadType for c in receiver._RTCRtpReceiver__codecs.values()
+                if c.mimeType == "video/H264")
+
+    async def lossy(packet: RtpPacket, arrival_time_ms: int) -> None:
+        if packet.payload_type == h264 and packet.sequence_number % 4 == 1 \
+                and packet.sequence_number not in dropped:
+            dropped.add(packet.sequence_number)
+            return
+        if packet.payload_type != h264:  # RTX: the original number comes first
+            repaired.add(int.from_bytes(packet.payload[:2], "big"))
+        await original(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = lossy  # type: ignore[method-assign]
+    frames = viewer.frames
+    await asyncio.sleep(3.0)
+    receiver._handle_rtp_packet = original  # type: ignore[method-assign]
+    await asyncio.sleep(0.3)
+
+    decoded = viewer.frames - frames
+    print(f"lossy network: {len(dropped)} packets lost, {len(dropped & repaired)} repaired, "
+          f"{decoded} pictures in 3 s")
+    assert len(dropped) >= 8
+    assert len(dropped & repaired) >= len(dropped) - 1, "every loss but the newest is repaired"
+    assert decoded >= 0.8 * 15 * 3, "the picture keeps flowing"
+    assert viewer.colour == "red"
+    assert tv.delivery().repaired >= len(dropped & repaired)
+    assert tv.delivery().sent > 0 and tv.delivery().dropped == 0
 
 
 async def test_a_frozen_picture_gives_the_slate_then_the_feed_goes_offline(room: Room) -> None:
