@@ -27,7 +27,7 @@ import socket
 import struct
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import RTCRtpSender, RTCRtpTransceiver
@@ -61,6 +61,8 @@ class Burst:
     keyframe: bool
     seq: int
     """The channel's sequence number of the first payload (counting on, unbounded)."""
+    extensions: dict[tuple[Any, int], bytes] = field(default_factory=dict)
+    """Header extension blocks made for this burst, shared by viewers who negotiated alike."""
 
 
 class History:
@@ -146,13 +148,13 @@ class RtpStream:
         self._mid = None if negotiated.mid_id is None or negotiated.mid is None \
             else (negotiated.mid_id, negotiated.mid.encode())
         self._abs_id = negotiated.abs_send_time_id
-        self._ext_key: int | None = None
-        self._ext = b""
+        self._ext_sig = (self._mid, self._abs_id)
         self.started = False
         self._offset = 0
         self._origin = random.getrandbits(32)
         self._pair: Any = None
         self._sock: socket.socket | None = None
+        self._address: Any = None
         self.gso = True
         """Segmented sends, until the kernel refuses one."""
         self.packets = 0
@@ -172,25 +174,27 @@ class RtpStream:
         if pair is None or pair.protocol.transport is None:
             return None
         if pair is not self._pair:
-            self._pair = pair
+            self._pair, self._address = pair, pair.remote_addr
             # The socket under aioice's asyncio transport: sendmsg (for GSO) is
             # not offered by the transport. Without it, the transport's sendto.
             raw = getattr(pair.protocol.transport, "_sock", None)
             self._sock = raw if isinstance(raw, socket.socket) else None
         return srtp.protect, pair
 
-    def _extensions(self, abs_send_time: int) -> bytes:
+    def _extensions(self, abs_send_time: int, made: dict[tuple[Any, int], bytes]) -> bytes:
         """The header extension block (empty if none was negotiated), with its profile."""
-        if abs_send_time != self._ext_key:
+        key = (self._ext_sig, abs_send_time)
+        ext = made.get(key)
+        if ext is None:
             pairs = []
             if self._mid is not None:
                 pairs.append(self._mid)
             if self._abs_id is not None:
                 pairs.append((self._abs_id, abs_send_time.to_bytes(3, "big")))
             profile, value = pack_header_extensions(pairs)
-            self._ext = (struct.pack("!HH", profile, len(value) >> 2) + value) if value else b""
-            self._ext_key = abs_send_time
-        return self._ext
+            ext = (struct.pack("!HH", profile, len(value) >> 2) + value) if value else b""
+            made[key] = ext
+        return ext
 
     def send(self, burst: Burst, abs_send_time: int, ntp: int) -> None:
         """Send one burst; a stream not yet connected (or a video stream between
@@ -205,7 +209,7 @@ class RtpStream:
             self.started = True
             self._offset = random.randint(0, 0xFFFF) - burst.seq
         protect, pair = way
-        ext = self._extensions(abs_send_time)
+        ext = self._extensions(abs_send_time, burst.extensions)
         b0 = 0x90 if ext else 0x80
         seq = burst.seq + self._offset
         ts = (self._origin + burst.timestamp) & 0xFFFFFFFF
@@ -227,7 +231,7 @@ class RtpStream:
 
     def _send(self, packets: list[bytes], pair: Any) -> None:
         """Send datagrams; runs of one size go in one segmented send (GSO)."""
-        address, sock = pair.remote_addr, self._sock
+        address, sock = self._address, self._sock
         if sock is None:
             for packet in packets:
                 pair.protocol.transport.sendto(packet, address)
@@ -270,7 +274,7 @@ class RtpStream:
         if way is None:
             return 0
         protect, pair = way
-        ext = self._extensions(abs_send_time)
+        ext = self._extensions(abs_send_time, {})
         b0 = 0x90 if ext else 0x80
         packets = []
         for seq16 in lost:

@@ -1,7 +1,7 @@
 """Video: server CPU per extra viewer (encode once vs one encoder per viewer), first frame, switch.
 
     .venv/bin/python -m tests.benchmarks.bench_video \
-        [--viewers 0,1,10,20,30,40,50 --baseline-viewers 0,1,2 --window 10 --runs 1] \
+        [--viewers 0,1,15,30,45,60 --baseline-viewers 0,1,2 --window 10 --runs 1] \
         [--first-frames 20 --switches 10 --content textured --py-spy DIR]
 
 Everything runs on 127.0.0.1, every WebRTC packet included, in these processes:
@@ -1072,7 +1072,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"python -m {MODULE}",
                                      description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--viewers", type=counts, default=counts("0,1,10,20,30,40,50"),
+    parser.add_argument("--viewers", type=counts, default=counts("0,1,15,30,45,60"),
                         help="viewer counts for encode once (0 and 1 give the encoder's cost)")
     parser.add_argument("--baseline-viewers", type=counts, default=counts("0,1,2"),
                         help="viewer counts for the baseline (an encoder each)")
