@@ -61,6 +61,8 @@ class Burst:
     keyframe: bool
     seq: int
     """The channel's sequence number of the first payload (counting on, unbounded)."""
+    octets: int = 0
+    """The payloads' total size."""
     extensions: dict[tuple[Any, int], bytes] = field(default_factory=dict)
     """Header extension blocks made for this burst, shared by viewers who negotiated alike."""
 
@@ -74,7 +76,8 @@ class History:
         self.next_seq = 0
 
     def add(self, kind: str, payloads: list[bytes], timestamp: int, keyframe: bool) -> Burst:
-        burst = Burst(kind, payloads, timestamp, keyframe, self.next_seq)
+        burst = Burst(kind, payloads, timestamp, keyframe, self.next_seq,
+                      sum(map(len, payloads)))
         last = len(payloads) - 1
         for i, payload in enumerate(payloads):
             seq = self.next_seq + i
@@ -152,6 +155,9 @@ class RtpStream:
         self.started = False
         self._offset = 0
         self._origin = random.getrandbits(32)
+        self._dtls = sender.transport
+        self._nominated = self._dtls.transport._connection._nominated
+        """aioice's chosen pair per component: the same dict for the connection's life."""
         self._pair: Any = None
         self._sock: socket.socket | None = None
         self._address: Any = None
@@ -165,19 +171,26 @@ class RtpStream:
     # --- sending -------------------------------------------------------------------
 
     def _way(self) -> tuple[Any, Any] | None:
-        """(protect, ICE pair) once DTLS-SRTP is up and ICE has chosen a pair; else None."""
-        dtls = self.sender.transport
-        srtp = dtls._tx_srtp
-        if srtp is None or dtls.state != "connected":
+        """(protect, ICE pair) once DTLS-SRTP is up and ICE has chosen a pair; else None.
+
+        Called per burst, so it reads aiortc's attributes directly (its
+        ``state`` property formats a string). Keys exist from the end of the
+        DTLS handshake; the nominated pair goes when the connection closes.
+        """
+        srtp = self._dtls._tx_srtp
+        if srtp is None:
             return None
-        pair = dtls.transport._connection._nominated.get(1)
-        if pair is None or pair.protocol.transport is None:
+        pair = self._nominated.get(1)
+        if pair is None:
             return None
         if pair is not self._pair:
+            transport = pair.protocol.transport
+            if transport is None:
+                return None
             self._pair, self._address = pair, pair.remote_addr
             # The socket under aioice's asyncio transport: sendmsg (for GSO) is
             # not offered by the transport. Without it, the transport's sendto.
-            raw = getattr(pair.protocol.transport, "_sock", None)
+            raw = getattr(transport, "_sock", None)
             self._sock = raw if isinstance(raw, socket.socket) else None
         return srtp.protect, pair
 
@@ -226,7 +239,7 @@ class RtpStream:
                        for i, payload in enumerate(payloads)]
         self._send(packets, pair)
         self.packets += len(payloads)
-        self.octets += sum(map(len, payloads))
+        self.octets += burst.octets
         report_sent(self.sender, ntp, ts, self.packets, self.octets)
 
     def _send(self, packets: list[bytes], pair: Any) -> None:

