@@ -1,7 +1,7 @@
 """Video: server CPU per extra viewer (encode once vs one encoder per viewer), first frame, switch.
 
     .venv/bin/python -m tests.benchmarks.bench_video \
-        [--viewers 0,1,15,30,45,60 --baseline-viewers 0,1,2 --window 10 --runs 1] \
+        [--viewers 0,1,30,60,90,120 --baseline-viewers 0,1,2 --window 10 --runs 1] \
         [--first-frames 20 --switches 10 --content textured --py-spy DIR]
 
 Everything runs on 127.0.0.1, every WebRTC packet included, in these processes:
@@ -45,11 +45,12 @@ the number of cores.
 it; 50 of them would take both cores. So these viewers negotiate, connect (ICE,
 DTLS-SRTP) and receive like any other, but their RTP is counted and dropped where
 it arrives (aioice's ``StunProtocol.datagram_received``): no SRTP decryption, no
-jitter buffer, no decoding, and no RTCP receiver reports, NACKs or REMB back (the
-server still gets its ICE consent checks answered). The RTP header is clear text,
-so each viewer counts its video frames (marker bit), packets and bytes:
-``fps_min`` shows that every viewer got the whole stream during each window,
-``kbps_median`` at what rate. For each point the CPU of the clients
+jitter buffer, no decoding; no NACK or PLI either, since nothing is lost on
+loopback (the server still gets its ICE consent checks answered). As Chrome
+does, each sends the server a receiver report and a REMB once a second. The RTP
+header is clear text, so each viewer counts its video frames (marker bit),
+packets and bytes: ``fps_min`` shows that every viewer got the whole stream
+during each window, ``kbps_median`` at what rate. For each point the CPU of the clients
 (``clients_cpu_pct``), of the publishers, of this process, of the whole machine
 (``machine_cpu_pct``, 200 = both cores) and of everything else
 (``others_cpu_pct``: other jobs on the machine, ±5 since the kernel counts the
@@ -115,6 +116,13 @@ from aiortc import (
 from aiortc import sdp as aiosdp
 from aiortc.contrib.media import MediaBlackhole, MediaRelay
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RtcpPsfbPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    pack_remb_fci,
+)
 from PIL import Image
 
 from server.settings import load_settings
@@ -339,6 +347,9 @@ class Meter:
     packets: int = 0
     bytes: int = 0
     frames: int = 0
+    highest: dict[int, int] = field(default_factory=dict)
+    """Each stream's (SSRC's) latest sequence number, for the receiver reports."""
+    video_ssrcs: set[int] = field(default_factory=set)
 
 
 METERS: dict[Any, Meter] = {}
@@ -361,8 +372,12 @@ def count_and_drop_rtp() -> None:
             if meter is not None:
                 meter.packets += 1
                 meter.bytes += len(data)
-                if data[1] & 0x80 and data[1] & 0x7F in meter.video:
-                    meter.frames += 1
+                ssrc = int.from_bytes(data[8:12], "big")
+                meter.highest[ssrc] = int.from_bytes(data[2:4], "big")
+                if data[1] & 0x7F in meter.video:
+                    meter.video_ssrcs.add(ssrc)
+                    if data[1] & 0x80:
+                        meter.frames += 1
                 return
         original(self, data, addr)
 
@@ -416,10 +431,31 @@ async def viewers_role(proc: int) -> None:
                 "bytes": [m.bytes for _, m in sessions],
                 "packets": [m.packets for _, m in sessions]}
 
+    async def report() -> None:
+        """Once a second per viewer, what Chrome sends back: a receiver report and a REMB."""
+        while True:
+            await asyncio.sleep(1.0)
+            for session, meter in list(sessions):
+                dtls = session.pc.getTransceivers()[0].receiver.transport
+                if dtls.state != "connected" or not meter.highest:
+                    continue
+                own = session.pc.getTransceivers()[0].sender._ssrc
+                blocks = [RtcpReceiverInfo(ssrc=ssrc, fraction_lost=0, packets_lost=0,
+                                           highest_sequence=seq, jitter=0, lsr=0, dlsr=0)
+                          for ssrc, seq in meter.highest.items()]
+                compound = [RtcpRrPacket(ssrc=own, reports=blocks),
+                            RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=own, media_ssrc=0,
+                                           fci=pack_remb_fci(3_000_000,
+                                                             sorted(meter.video_ssrcs)))]
+                with contextlib.suppress(ConnectionError):
+                    await dtls._send_rtp(b"".join(bytes(p) for p in compound))
+
+    reporter = asyncio.create_task(report())
     reply({"ready": True})
     try:
         await serve_commands(handle)
     finally:
+        reporter.cancel()
         await asyncio.gather(*(s.close(http) for s, _ in sessions), return_exceptions=True)
         await http.close()
 
@@ -1072,7 +1108,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"python -m {MODULE}",
                                      description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--viewers", type=counts, default=counts("0,1,15,30,45,60"),
+    parser.add_argument("--viewers", type=counts, default=counts("0,1,30,60,90,120"),
                         help="viewer counts for encode once (0 and 1 give the encoder's cost)")
     parser.add_argument("--baseline-viewers", type=counts, default=counts("0,1,2"),
                         help="viewer counts for the baseline (an encoder each)")
