@@ -8,6 +8,7 @@ import gc
 import getpass
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from aiohttp import web
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the running order from now, apart from the real show's data")
     parser.add_argument("--speed", type=float, default=1.0,
                         help="with --rehearsal: how many times faster than real time")
+    parser.add_argument("--no-video", action="store_true",
+                        help="leave WHIP and WHEP to another process of the same show "
+                             "(several processes: one video process, the others with this)")
     sub = parser.add_subparsers(dest="command")
     add = sub.add_parser("adduser", help="create a staff account (or reset its password)")
     add.add_argument("name")
@@ -76,11 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     elif args.speed != 1.0:
         print("--speed only applies with --rehearsal", file=sys.stderr)
         return 2
+    if args.no_video:
+        settings = settings.with_overrides(video=replace(settings.video, serve=False))
     host = args.host or settings.http.host
     port = args.port or settings.http.port
     log.info("starting the server", extra={"host": host, "port": port,
                                            "database": settings.database_url.split("@")[-1],
-                                           "redis": bool(settings.redis_url)})
+                                           "redis": bool(settings.redis_url),
+                                           "video": settings.video.serve})
     app = create_app(settings)
     app.on_startup.append(_freeze_startup_objects)
     web.run_app(app, host=host, port=port, print=None, access_log=None, shutdown_timeout=5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from tv.service import TvService
 from tv.store import FeedTokenStore
 
 ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("server.app")
 
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
         "img-src 'self' data: blob:; media-src 'self' blob:; connect-src 'self' ws: wss:; "
@@ -161,6 +163,12 @@ async def _video(app: web.Application) -> AsyncIterator[None]:
     settings, clock, bus = app[keys.SETTINGS], app[keys.CLOCK], app[keys.BUS]
     app[keys.FEED_TOKENS] = FeedTokenStore(app[keys.ENGINE], clock)
     app[keys.PUBLISHERS] = tv_routes.Publishers()
+    if not settings.video.serve:
+        # Another process (the video process) takes WHIP and WHEP; through
+        # Redis its pushes reach this process's control rooms and contributors.
+        log.info("video is served by another process (--no-video)")
+        yield
+        return
     tv = TvService(settings, clock, bus.publish)
     app[keys.TV] = tv
     await tv.start()
@@ -197,7 +205,7 @@ async def healthz(request: web.Request) -> web.Response:
     if not request.app[keys.PROGRAMME].running:
         return json_response({"status": "unavailable", "error": "service_unavailable",
                               "message": "the programme engine is not running"}, status=503)
-    if not request.app[keys.TV].running:
+    if keys.TV in request.app and not request.app[keys.TV].running:
         return json_response({"status": "unavailable", "error": "service_unavailable",
                               "message": "the programme video is not running"}, status=503)
     return json_response({"status": "ok"})

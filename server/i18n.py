@@ -170,6 +170,11 @@ ERRORS: Mapping[str, Mapping[str, str]] = {
     "service_unavailable": {
         "fr": "Le service est momentanément indisponible.",
         "en": "The service is temporarily unavailable."},
+    "video_elsewhere": {
+        "fr": "Ce processus ne sert pas la vidéo (--no-video) : le proxy doit envoyer /whip, "
+              "/whep et /api/feeds au processus vidéo.",
+        "en": "This process does not serve video (--no-video): the proxy must send /whip, "
+              "/whep and /api/feeds to the video process."},
 }
 
 

@@ -112,7 +112,8 @@ class StaffNamespace(_Namespace):
         if self.namespace == MODERATION:
             on_air = await self.app[keys.QUESTIONS].on_air()
             await self.emit("on_air", (staff_view(on_air) if on_air else None,), to=sid)
-        if self.namespace == CONTROL:
+        if self.namespace == CONTROL and keys.TV in self.app:
+            # Without video here (--no-video), the video process's next push comes within 1 s.
             await self.emit("feeds", [s.view() for s in self.app[keys.TV].feed_stats()], to=sid)
 
 

@@ -85,6 +85,8 @@ class VideoSettings:
     keyframe_interval_s: float = 2.0
     audio_frame_ms: int = 60
     """Opus frame (and RTP packet) duration: 20, 40 or 60 ms."""
+    serve: bool = True
+    """Whether this process takes WHIP and WHEP (run.py --no-video: the others)."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,7 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
         bitrate_kbps=r.integer("video.bitrate_kbps", 2500, lo=100, hi=20_000),
         keyframe_interval_s=r.number("video.keyframe_interval_s", 2.0, lo=0.2, hi=10.0),
         audio_frame_ms=r.integer("video.audio_frame_ms", 60, lo=20, hi=60),
+        serve=r.boolean("video.serve", True),
     )
     if video.audio_frame_ms not in (20, 40, 60):
         raise ConfigError("video.audio_frame_ms must be 20, 40 or 60")

@@ -94,15 +94,21 @@ class VideoPushes:
         # At once, rather than at the next tick: "the server receives you".
         await self.push_status()
 
-    def feeds_body(self) -> list[dict[str, Any]]:
-        """The ``GET /api/feeds`` body."""
-        return [s.view() for s in self.app[keys.TV].feed_stats()]
-
     async def push_status(self) -> None:
-        stats = self.app[keys.TV].feed_stats()
+        """The feeds to the control rooms, each feed's status to its contributors.
+
+        Only the process that has the video pushes; with Redis the pushes reach
+        the clients of every process, so contributors connected elsewhere
+        count too (``self.local`` only knows this process's).
+        """
+        tv = self.app.get(keys.TV)
+        if tv is None:
+            return
+        stats = tv.feed_stats()
         await self.sio.emit("feeds", [s.view() for s in stats], namespace=CONTROL)
+        shared = self.app[keys.SETTINGS].redis_url is not None
         for s in stats:
-            if self.local[s.feed] > 0:
+            if shared or self.local[s.feed] > 0:
                 await self.sio.emit("feed_status", feed_status(s), namespace=CONTRIBUTE,
                                     room=feed_room(s.feed))
 
@@ -154,6 +160,7 @@ class ContributeNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 {"error": "not_authenticated",
                  "message": "connect with your feed's token: auth {token, feed}"})
         self._feed_of[sid] = feed
+        self.app[keys.PUBLISHERS].socket_joined(sid, feed, auth["token"])
         self.pushes.local[feed] += 1
         self.app[keys.METRICS].sockets.labels(CONTRIBUTE).inc()
         await self.enter_room(sid, feed_room(feed))
@@ -165,6 +172,7 @@ class ContributeNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         feed = self._feed_of.pop(sid, None)
         if feed is None:
             return
+        self.app[keys.PUBLISHERS].socket_left(sid)
         self.pushes.local[feed] -= 1
         if self.pushes.local[feed] <= 0:
             del self.pushes.local[feed]

@@ -30,6 +30,7 @@ from server.pages import _render
 from server.settings import RateLimit
 from tv.errors import InvalidSdp, SessionNotFound, TvError, UnknownFeed, UnsupportedMedia
 from tv.events import FeedCued
+from tv.namespace import CONTRIBUTE
 from tv.service import TvService
 from tv.store import same_token
 
@@ -79,17 +80,33 @@ class _Publisher:
 
 
 class Publishers:
-    """The token that authorised each feed's live WHIP session, in this process.
+    """The token that let in each feed's live WHIP session and each contributor's
+    page (its /contribute socket), in this process.
 
-    Rotating a feed's token must end the session it let in; the rotation is
+    Rotating a feed's token must end what the old one let in; the rotation is
     made by another process, so a loop compares these with the database.
     """
 
     def __init__(self) -> None:
         self._live: dict[str, _Publisher] = {}
+        self._sockets: dict[str, tuple[str, str]] = {}
 
     def __bool__(self) -> bool:
-        return bool(self._live)
+        return bool(self._live) or bool(self._sockets)
+
+    def socket_joined(self, sid: str, feed: str, token: str) -> None:
+        self._sockets[sid] = (feed, token)
+
+    def socket_left(self, sid: str) -> None:
+        self._sockets.pop(sid, None)
+
+    def stale_sockets(self, current: dict[str, str]) -> list[tuple[str, str]]:
+        """(sid, feed) of the contributor sockets whose token is no longer their feed's."""
+        gone = [(sid, feed) for sid, (feed, token) in self._sockets.items()
+                if not same_token(current.get(feed, ""), token)]
+        for sid, _ in gone:
+            del self._sockets[sid]
+        return gone
 
     def authorised(self, feed: str, session_id: str, token: str) -> None:
         self._live[feed] = _Publisher(session_id, token)
@@ -117,6 +134,12 @@ async def end_rotated_sessions(app: web.Application) -> list[str]:
     for feed in stale:
         log.info("feed token rotated: ending its live session", extra={"feed": feed})
         await app[keys.TV].end_feed(feed)
+    for sid, feed in publishers.stale_sockets(current):
+        log.info("feed token rotated: closing a contributor page's link",
+                 extra={"feed": feed})
+        sio = app[keys.SIO]
+        await sio.emit("revoked", {"feed": feed}, to=sid, namespace=CONTRIBUTE)
+        await sio.disconnect(sid, namespace=CONTRIBUTE)
     return stale
 
 
@@ -158,7 +181,10 @@ async def _tv_errors() -> AsyncIterator[None]:
 
 
 def _tv(request: web.Request) -> TvService:
-    return request.app[keys.TV]
+    tv = request.app.get(keys.TV)
+    if tv is None:  # run.py --no-video: another process has the video
+        raise ApiError(503, "video_elsewhere")
+    return tv
 
 
 def _feed(request: web.Request) -> str:
@@ -232,6 +258,7 @@ def _no_trickle() -> ApiError:
 
 @routes.post("/whip/{feed}")
 async def whip_publish(request: web.Request) -> web.Response:
+    _tv(request)  # 503 at once in a process without video (--no-video)
     # An unknown feed first: no token can exist for it, so 401 would mislead.
     feed = _feed(request)
     _require_sdp(request)
@@ -283,6 +310,7 @@ async def _watch(request: web.Request, feed: str | None) -> web.Response:
 
 @routes.post("/whep")
 async def whep_programme(request: web.Request) -> web.Response:
+    _tv(request)  # 503 at once in a process without video (--no-video)
     _require_sdp(request)
     wait = await request.app[keys.LIMITER].hit(f"whep:{client_ip(request)}", WATCH_LIMIT)
     if wait is not None:
@@ -296,6 +324,7 @@ async def whep_programme(request: web.Request) -> web.Response:
 async def whep_feed(request: web.Request) -> web.Response:
     # A browser POST with the staff cookie: require_staff checks X-CSRF-Token.
     await require_staff(request, Role.MODERATOR)
+    _tv(request)
     feed = _feed(request)
     _require_sdp(request)
     return await _watch(request, feed)

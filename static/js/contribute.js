@@ -586,6 +586,8 @@ async function pollSendStats() {
 
 // ---------------------------------------------------------------- the control room's link
 
+let revoked = false;
+
 function connectControlRoom() {
   if (typeof window.io !== "function") {
     showStatus($("socket-status"), t("live.unavailable"), "error");
@@ -595,11 +597,16 @@ function connectControlRoom() {
   const socket = window.io("/contribute", { auth: { token: TOKEN, feed: FEED }, transports: ["websocket", "polling"], tryAllTransports: true });
   socket.on("connect", () => showStatus(status, ""));
   socket.on("disconnect", (reason) => {
-    if (reason !== "io client disconnect") showStatus(status, t("contribute.socket_lost"), "error");
+    if (!revoked && reason !== "io client disconnect") showStatus(status, t("contribute.socket_lost"), "error");
   });
   socket.on("connect_error", () => {
     // Refused by the server (not a network failure): the client will not retry.
     showStatus(status, socket.active ? t("contribute.socket_lost") : t("contribute.socket_refused"), "error");
+  });
+  socket.on("revoked", () => {
+    // The token was rotated: the server ends the link (and any publishing) for good.
+    revoked = true;
+    showStatus(status, t("contribute.revoked"), "error");
   });
   socket.on("programme", renderProgramme);
   socket.on("tally", (tally) => {

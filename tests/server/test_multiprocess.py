@@ -1,7 +1,8 @@
 """Two real server processes sharing one Redis and one PostgreSQL database.
 
-Each test starts ``run.py`` twice (processes A and B) with a private Redis
-channel and a fresh database, as a show spread over several processes runs.
+Each test starts ``run.py`` twice with a private Redis channel and a fresh
+database, as a show spread over several processes runs: A is the video process,
+B is started with ``--no-video`` (README: one video process, the others without).
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ from typing import IO, Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+import socketio
 
 from server.settings import load_settings
 from tests.helpers import PASSWORD, ROOT, Http, Listener
+from tests.tv.test_protocol import Publisher
+from tv.webrtc import restrict_host_addresses
 
 START_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 10
@@ -135,14 +139,14 @@ class ServerProcess:
         return self.proc.returncode
 
 
-async def _spawn(name: str, config: Path, tmp_path: Path) -> ServerProcess:
+async def _spawn(name: str, config: Path, tmp_path: Path, *extra: str) -> ServerProcess:
     port = _free_port()
     log_path = tmp_path / f"server-{name}.log"
     log = _open_log(log_path)
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "run.py", "--config", str(config),
-            "--host", "127.0.0.1", "--port", str(port),
+            "--host", "127.0.0.1", "--port", str(port), *extra,
             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             env=_ENV,
             preexec_fn=_die_with_parent)
@@ -170,11 +174,23 @@ async def _adduser(config: Path, name: str, role: str, password_file: Path) -> N
     assert f"{role} account {name!r}" in text and "Traceback" not in text, text
 
 
+async def _feed_token(config: Path, feed: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "run.py", "feed-token", feed, "--config", str(config),
+        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=_ENV, preexec_fn=_die_with_parent)
+    async with asyncio.timeout(START_TIMEOUT_S):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode(errors="replace")
+    return out.decode().strip()
+
+
 @dataclass
 class Cluster:
     a: ServerProcess
     b: ServerProcess
     channel: str
+    config: Path
 
 
 @pytest.fixture
@@ -186,8 +202,8 @@ async def cluster(tmp_path: Path, postgres_url: str, redis_url: str) -> AsyncIte
     password_file.write_text(PASSWORD + "\n", "utf-8")
     servers: list[ServerProcess] = []
     try:
-        for name in ("a", "b"):
-            servers.append(await _spawn(name, config, tmp_path))
+        servers.append(await _spawn("a", config, tmp_path))
+        servers.append(await _spawn("b", config, tmp_path, "--no-video"))
         # Three processes migrating the fresh database at once: one does, the others wait.
         results = await asyncio.gather(_adduser(config, "mod", "moderator", password_file),
                                        *(s.wait_healthy() for s in servers),
@@ -195,7 +211,8 @@ async def cluster(tmp_path: Path, postgres_url: str, redis_url: str) -> AsyncIte
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        yield Cluster(servers[0], servers[1], channel)
+        await _adduser(config, "paul", "director", password_file)
+        yield Cluster(servers[0], servers[1], channel, config)
     finally:
         for server in servers:
             await server.stop()
@@ -316,3 +333,46 @@ async def test_both_processes_stop_cleanly_on_sigterm(
         output = server.output()
         assert "Traceback" not in output, output
         assert "Task was destroyed" not in output, output
+
+
+async def test_the_video_process_serves_the_control_rooms_and_sites_of_every_process(
+        cluster: Cluster, http: OpenHttp) -> None:
+    """A has the video; a director and a site connected to B see what A receives."""
+    token = await _feed_token(cluster.config, "afrique")
+    director = await http(cluster.b.base)
+    await director.sign_in("paul")
+    control = await Listener.connect(cluster.b.base, "/control", director.cookie_header(),
+                                     events=("programme", "feeds"))
+    site = socketio.AsyncClient(reconnection=False)
+    statuses: asyncio.Queue[Any] = asyncio.Queue()
+    site.on("feed_status", statuses.put_nowait, namespace="/contribute")
+    await site.connect(cluster.b.base, namespaces=["/contribute"], transports=["websocket"],
+                       auth={"feed": "afrique", "token": token}, wait_timeout=5)
+    # This test's own WebRTC peer offers 127.0.0.1 only, like the servers.
+    undo = restrict_host_addresses(["127.0.0.1"])
+    publisher = await Publisher.start(cluster.a.base, "afrique", token)
+    try:
+        def afrique(feeds: list[dict[str, Any]]) -> str:
+            return next(f["state"] for f in feeds if f["feed"] == "afrique")
+
+        await control.next("feeds", within=10, where=lambda feeds: afrique(feeds) == "live")
+        status = await asyncio.wait_for(statuses.get(), 5)
+        while status["state"] != "live":
+            status = await asyncio.wait_for(statuses.get(), 5)
+        assert status["feed"] == "afrique" and status["fps"] is not None
+
+        # Only the video process reports: no push from B says the feed is offline.
+        control.drain("feeds")
+        pushes = [await control.next("feeds", within=2.5) for _ in range(3)]
+        assert [afrique(p) for p in pushes] == ["live"] * 3
+
+        # B sends the media requests away, in words.
+        for method, path in (("POST", "/whep"), ("GET", "/api/feeds")):
+            got, body, _ = await director.request(method, path)
+            assert got == 503, (path, body)
+            assert body["error"] == "video_elsewhere" and "/whep" in body["message"]
+    finally:
+        await publisher.close()
+        undo()
+        await site.disconnect()
+        await control.close()

@@ -128,7 +128,7 @@ async def test_the_feed_token_command_prints_creates_and_rotates(tmp_path, start
     assert not await tokens.verify("europe", "")
 
 
-async def test_rotating_a_token_ends_the_session_it_let_in(tmp_path, start_server):
+async def test_rotating_a_token_ends_the_session_it_let_in(tmp_path, start_server, join):
     database = tmp_path / "show.sqlite3"
     config = config_with_database(tmp_path, database)
     server = await start_server(settings_for(tmp_path, database_url=f"sqlite:///{database}",
@@ -137,6 +137,10 @@ async def test_rotating_a_token_ends_the_session_it_let_in(tmp_path, start_serve
     code, out, err = await run_py("feed-token", "afrique", "--config", str(config))
     assert code == 0, err
     old = out.strip()
+    site = await join(base, {"feed": "afrique", "token": old})  # the contributor's page
+    revoked: asyncio.Queue[Any] = asyncio.Queue()
+    site.client.on("revoked", revoked.put_nowait, namespace="/contribute")
+    other = await join(base, {"feed": "europe", "token": await token_for(server, "europe")})
     publisher = await Publisher.start(base, "afrique", old)
     async with closing(publisher):
         await eventually(lambda: _is(server, "afrique", "live"))
@@ -151,6 +155,18 @@ async def test_rotating_a_token_ends_the_session_it_let_in(tmp_path, start_serve
         assert status == 404  # ended by the server, not by this DELETE
         status, _, _ = await send(base, "DELETE", publisher.location, old)
         assert status == 401
+
+    # The page that came in with the old token is told, then let go; another site's stays.
+    assert await asyncio.wait_for(revoked.get(), 3) == {"feed": "afrique"}
+    async def let_go() -> bool:
+        return not site.client.connected
+
+    await eventually(let_go, within=3)
+    assert other.client.connected
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await join(base, {"feed": "afrique", "token": old})
+    fresh = await join(base, {"feed": "afrique", "token": new})
+    assert fresh.client.connected
 
 
 async def _is(server: TestServer, feed: str, state: str) -> bool:
