@@ -52,6 +52,14 @@ class Room:
         self.peers.append(peer)
         return peer
 
+    async def on_air(self, feed: str, colour: str, title: str) -> Watcher:
+        """``feed`` publishing ``colour``, put on air, and a viewer who sees it."""
+        await self.publisher(feed, colour)
+        await self.tv.switch(feed, title)
+        viewer = await self.watcher()
+        await viewer.sees(colour, within=3)
+        return viewer
+
     def states(self, feed: str) -> list[FeedState]:
         return [e.state for e in self.events
                 if isinstance(e, FeedStateChanged) and e.feed == feed]
@@ -151,11 +159,7 @@ async def test_a_second_publisher_replaces_the_first(room: Room) -> None:
 
 async def test_a_joining_viewer_gets_a_picture_within_a_second(room: Room) -> None:
     """Keyframes come every 10 s on their own: joins and picture losses get one at once."""
-    tv = room.tv
-    await room.publisher("studio", "blue")
-    await tv.switch("studio", "Plateau")
-    first = await room.watcher()
-    await first.sees("blue", within=3)
+    first = await room.on_air("studio", "blue", "Plateau")
     await asyncio.sleep(1.0)  # well into the group of pictures
 
     late = await room.watcher()
@@ -186,10 +190,7 @@ async def remote_reports(receiver: RTCRtpReceiver) -> tuple[int, int, int]:
 async def test_lost_packets_are_sent_again_and_reports_match_what_was_sent(room: Room) -> None:
     """A viewer on a lossy network asks again for what it missed (NACK) and gets it over RTX."""
     tv = room.tv
-    await room.publisher("afrique", "red")
-    await tv.switch("afrique", "Duplex Afrique")
-    viewer = await room.watcher()
-    await viewer.sees("red", within=3)
+    viewer = await room.on_air("afrique", "red", "Duplex Afrique")
     assert viewer.video_receiver is not None
     audio = next(t.receiver for t in viewer.pc.getTransceivers() if t.kind == "audio")
 
