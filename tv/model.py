@@ -45,19 +45,38 @@ class FeedStats:
 
 @dataclass
 class RateMeter:
-    """Frames and bytes over a sliding window, fed with monotonic timestamps."""
+    """Frames and bytes over a sliding window, fed with monotonic timestamps.
+
+    Until a whole window has passed since the first event (or the first after
+    a silence as long as the window), the rates are over the time that has, at
+    least MIN_SPAN_S: a feed that has just come in shows its real frame rate at
+    once, not a fraction of it.
+    """
 
     window_s: float = 2.0
     _frames: deque[float] = field(default_factory=deque)
     _bytes: deque[tuple[float, int]] = field(default_factory=deque)
+    _since: float | None = None
+
+    MIN_SPAN_S = 0.5
 
     def frame(self, at: float) -> None:
+        self._start(at)
         self._frames.append(at)
-        self._trim(at)
 
     def data(self, at: float, size: int) -> None:
+        self._start(at)
         self._bytes.append((at, size))
+
+    def _start(self, at: float) -> None:
         self._trim(at)
+        if not self._frames and not self._bytes:
+            self._since = at  # the first event, or the first after a silence
+
+    def _span(self, now: float) -> float:
+        if self._since is None:
+            return self.window_s
+        return min(self.window_s, max(now - self._since, self.MIN_SPAN_S))
 
     def _trim(self, now: float) -> None:
         while self._frames and self._frames[0] < now - self.window_s:
@@ -67,11 +86,11 @@ class RateMeter:
 
     def fps(self, now: float) -> float:
         self._trim(now)
-        return round(len(self._frames) / self.window_s, 1)
+        return round(len(self._frames) / self._span(now), 1)
 
     def kbps(self, now: float) -> float:
         self._trim(now)
-        return round(sum(size for _, size in self._bytes) * 8 / 1000 / self.window_s, 1)
+        return round(sum(size for _, size in self._bytes) * 8 / 1000 / self._span(now), 1)
 
 
 def has_signal(last_frame_at: float | None, now: float) -> bool:
