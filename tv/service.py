@@ -27,12 +27,14 @@ from tv.programme import Channel
 from tv.slate import Slate
 from tv.webrtc import (
     AUDIO,
+    INGEST_H264_PROFILES,
     INGEST_VIDEO,
     WHIP,
     answer,
     link_headers,
     parse_offer,
     preferences,
+    register_h264_profiles,
     restrict_host_addresses,
     rtc_configuration,
 )
@@ -69,6 +71,7 @@ class TvService:
         """Start the programme's clocks and encoders; offer only the configured addresses."""
         if self.settings.webrtc.host_addresses:
             self._undo_ice = restrict_host_addresses(self.settings.webrtc.host_addresses)
+        register_h264_profiles()
         # One encoding thread for every channel: two channels may encode the
         # same source frame, and encoding stamps it; x264 has its own threads.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tv-encode")
@@ -117,7 +120,8 @@ class TvService:
             for kind in kinds:
                 transceiver = pc.addTransceiver(kind, direction="recvonly")
                 transceiver.setCodecPreferences(
-                    preferences(kind, INGEST_VIDEO if kind == "video" else AUDIO))
+                    preferences(kind, INGEST_VIDEO if kind == "video" else AUDIO,
+                                INGEST_H264_PROFILES))
             answer_sdp = await answer(pc, offer_sdp)
         except BaseException:
             await pc.close()

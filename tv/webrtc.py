@@ -17,6 +17,7 @@ from aiortc import (
     RTCIceServer,
     RTCPeerConnection,
     RTCRtpCodecCapability,
+    RTCRtpCodecParameters,
     RTCRtpSender,
     RTCSessionDescription,
 )
@@ -34,12 +35,16 @@ from aiortc.rtp import (
 
 from tv.errors import InvalidSdp, UnsupportedMedia
 
-# What a contributor may send: H.264 (either baseline flavour) or VP8, and Opus.
+# What a contributor may send: H.264 or VP8, and Opus.
 INGEST_VIDEO = ("video/H264", "video/VP8")
 # What a viewer gets: the programme's constrained-baseline H.264 (42e01f); a
 # plain-baseline decoder (42001f) decodes it as well.
 VIEWER_VIDEO = ("video/H264",)
 H264_PROFILES = ("42e01f", "42001f")
+# A contributor's H.264 is decoded by FFmpeg, which reads any of these: a
+# broadcast tool left at Main or High (GStreamer's x264enc, for one) is taken
+# too. aiortc matches offers on the profile; the level may differ.
+INGEST_H264_PROFILES = (*H264_PROFILES, "4d001f", "640c1f", "64001f")
 AUDIO = ("audio/opus",)
 
 
@@ -103,6 +108,30 @@ def link_headers(ice_servers: Sequence[dict[str, Any]]) -> list[str]:
     return headers
 
 
+def register_h264_profiles() -> None:
+    """Make aiortc know H.264 Main and High, so that an ingest offer of them can match.
+
+    aiortc lists the codecs it negotiates in a module-level table with only the
+    two baseline profiles, and has no API to add one: the table is extended,
+    process-wide and once, with the same feedback (NACK, PLI, REMB) and RTX.
+    """
+    table = CODECS["video"]
+    known = {c.parameters.get("profile-level-id") for c in table if c.mimeType == "video/H264"}
+    payload_type = max(c.payloadType or 0 for c in table) + 1
+    template = next(c for c in table if c.mimeType == "video/H264")
+    for profile in INGEST_H264_PROFILES:
+        if profile in known:
+            continue
+        table.append(RTCRtpCodecParameters(
+            mimeType="video/H264", clockRate=90000, payloadType=payload_type,
+            rtcpFeedback=list(template.rtcpFeedback),
+            parameters={**template.parameters, "profile-level-id": profile}))
+        table.append(RTCRtpCodecParameters(
+            mimeType="video/rtx", clockRate=90000, payloadType=payload_type + 1,
+            parameters={"apt": payload_type}))
+        payload_type += 2
+
+
 # --- offers ----------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -113,18 +142,21 @@ class Wanted:
     """The offerer's direction for every media section: sendonly (WHIP), recvonly (WHEP)."""
     video: tuple[str, ...]
     audio: tuple[str, ...] = AUDIO
+    h264_profiles: tuple[str, ...] = H264_PROFILES
 
 
-WHIP = Wanted("sendonly", INGEST_VIDEO)
+WHIP = Wanted("sendonly", INGEST_VIDEO, h264_profiles=INGEST_H264_PROFILES)
 WHEP = Wanted("recvonly", VIEWER_VIDEO)
 
 
-def preferences(kind: str, mime_types: Sequence[str]) -> list[RTCRtpCodecCapability]:
-    """aiortc capabilities of these types (H.264 only in packetization mode 1), with RTX."""
+def preferences(kind: str, mime_types: Sequence[str],
+                h264_profiles: Sequence[str] = H264_PROFILES) -> list[RTCRtpCodecCapability]:
+    """aiortc capabilities of these types (H.264 of these profiles, packetization
+    mode 1), with RTX."""
     chosen = []
     for codec in RTCRtpSender.getCapabilities(kind).codecs:
         if codec.mimeType == "video/H264" and (
-                codec.parameters.get("profile-level-id") not in H264_PROFILES
+                codec.parameters.get("profile-level-id") not in h264_profiles
                 or codec.parameters.get("packetization-mode") != "1"):
             continue
         if codec.mimeType in mime_types or codec.mimeType == "video/rtx":
@@ -133,8 +165,8 @@ def preferences(kind: str, mime_types: Sequence[str]) -> list[RTCRtpCodecCapabil
     order = [*mime_types, "video/rtx"]
 
     def rank(codec: RTCRtpCodecCapability) -> tuple[int, int]:
-        profile = codec.parameters.get("profile-level-id")
-        return order.index(codec.mimeType), H264_PROFILES.index(profile) if profile else 0
+        profile = str(codec.parameters.get("profile-level-id", ""))
+        return order.index(codec.mimeType), list(h264_profiles).index(profile) if profile else 0
 
     return sorted(chosen, key=rank)
 
@@ -165,7 +197,7 @@ def parse_offer(offer_sdp: str, wanted: Wanted) -> list[str]:
             raise UnsupportedMedia(f"the {media.kind} section must be {wanted.direction}")
         mimes = wanted.video if media.kind == "video" else wanted.audio
         common = filter_preferred_codecs(find_common_codecs(CODECS[media.kind], media.rtp.codecs),
-                                         preferences(media.kind, mimes))
+                                         preferences(media.kind, mimes, wanted.h264_profiles))
         if not common:
             raise UnsupportedMedia(f"the {media.kind} section offers none of "
                                    f"{', '.join(m.split('/')[1] for m in mimes)}")

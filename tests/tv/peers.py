@@ -77,6 +77,39 @@ class ColourTrack(MediaStreamTrack):
         return self._frame
 
 
+class HighProfileTrack(MediaStreamTrack):
+    """A broadcast tool's H.264 High profile, with B-frames: encoded here, sent as it is.
+
+    aiortc encodes only constrained baseline; a track that returns av.Packets
+    is packetized without re-encoding, as OBS or GStreamer would send them.
+    """
+
+    kind = "video"
+
+    def __init__(self, colour: str, width: int = 320, height: int = 180, fps: int = 30) -> None:
+        super().__init__()
+        self._camera = ColourTrack(colour, width, height, fps)
+        ctx = av.CodecContext.create("libx264", "w")
+        ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
+        ctx.time_base, ctx.framerate = Fraction(1, 90000), Fraction(fps, 1)
+        ctx.bit_rate, ctx.gop_size, ctx.max_b_frames = 500_000, fps, 2
+        ctx.options = {"preset": "veryfast", "profile": "high", "bf": "2"}
+        self._encoder = ctx
+        self._ready: list[av.Packet] = []
+
+    async def recv(self) -> av.Packet:  # type: ignore[override]
+        while not self._ready:
+            frame = await self._camera.recv()
+            self._ready += self._encoder.encode(frame)
+        packet = self._ready.pop(0)
+        packet.time_base = Fraction(1, 90000)
+        return packet
+
+    def stop(self) -> None:
+        super().stop()
+        self._camera.stop()
+
+
 class ToneTrack(MediaStreamTrack):
     """A microphone hearing a steady tone, in 20 ms frames of s16 stereo at 48 kHz."""
 
@@ -128,12 +161,16 @@ class Publisher:
 
     @classmethod
     async def open(cls, tv: TvService, feed: str, colour: str,
-                   codec: str = "video/H264") -> Publisher:
+                   codec: str = "video/H264", profile: str | None = None) -> Publisher:
+        """``profile``: an H.264 profile-level-id to offer alone, sent from x264 as it is."""
         publisher = cls(_peer(), feed, colour)
         pc = publisher.pc
-        video = pc.addTransceiver(ColourTrack(colour), direction="sendonly")
-        video.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
-                                   if c.mimeType == codec])
+        camera = HighProfileTrack(colour) if profile else ColourTrack(colour)
+        video = pc.addTransceiver(camera, direction="sendonly")
+        video.setCodecPreferences([
+            c for c in RTCRtpSender.getCapabilities("video").codecs
+            if c.mimeType == codec and (profile is None
+                                        or c.parameters.get("profile-level-id") == profile)])
         pc.addTransceiver(ToneTrack(), direction="sendonly")
         await pc.setLocalDescription(await pc.createOffer())
         try:

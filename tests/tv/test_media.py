@@ -42,8 +42,9 @@ class Room:
         self.events.append(event)
         self._event.set()
 
-    async def publisher(self, feed: str, colour: str, codec: str = "video/H264") -> Publisher:
-        peer = await Publisher.open(self.tv, feed, colour, codec)
+    async def publisher(self, feed: str, colour: str, codec: str = "video/H264",
+                        profile: str | None = None) -> Publisher:
+        peer = await Publisher.open(self.tv, feed, colour, codec, profile)
         self.peers.append(peer)
         return peer
 
@@ -122,6 +123,20 @@ async def test_the_viewer_follows_every_switch_and_loss_on_one_connection(room: 
     await viewer.sees("slate", within=1)
     await tv.stop_watching(viewer.session_id)
     assert tv.viewer_count == 0
+
+
+async def test_a_broadcast_tool_sending_h264_high_profile_with_b_frames_is_taken(
+        room: Room) -> None:
+    """GStreamer's x264enc, left to itself, offers High profile (profile-level-id 64...)."""
+    publisher = await room.publisher("afrique", "green", profile="640c1f")
+    answer = publisher.pc.remoteDescription.sdp
+    assert "profile-level-id=640c1f" in answer
+    assert "42e01f" not in answer and "VP8" not in answer
+    viewer = await room.watcher()
+    await room.tv.switch("afrique", "Duplex Afrique")
+    took = await viewer.sees("green", within=5)
+    print(f"High profile contributor on air after {took * 1000:.0f} ms")
+    await room.until_state("afrique", FeedState.LIVE, within=1)
 
 
 async def test_a_second_publisher_replaces_the_first(room: Room) -> None:
