@@ -170,6 +170,9 @@ ERRORS: Mapping[str, Mapping[str, str]] = {
     "service_unavailable": {
         "fr": "Le service est momentanément indisponible.",
         "en": "The service is temporarily unavailable."},
+    "viewers_full": {
+        "fr": "Le direct est complet pour le moment : nouvel essai dans quelques secondes.",
+        "en": "The live stream is full for now: trying again in a few seconds."},
     "video_elsewhere": {
         "fr": "Ce processus ne sert pas la vidéo (--no-video) : le proxy doit envoyer /whip, "
               "/whep et /api/feeds au processus vidéo.",

@@ -87,6 +87,8 @@ class VideoSettings:
     """Opus frame (and RTP packet) duration: 20, 40 or 60 ms."""
     serve: bool = True
     """Whether this process takes WHIP and WHEP (run.py --no-video: the others)."""
+    max_viewers: int = 300
+    """WHEP viewers at most in this process (0: no limit); the next ones wait."""
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
         keyframe_interval_s=r.number("video.keyframe_interval_s", 2.0, lo=0.2, hi=10.0),
         audio_frame_ms=r.integer("video.audio_frame_ms", 60, lo=20, hi=60),
         serve=r.boolean("video.serve", True),
+        max_viewers=r.integer("video.max_viewers", 300, lo=0, hi=100_000),
     )
     if video.audio_frame_ms not in (20, 40, 60):
         raise ConfigError("video.audio_frame_ms must be 20, 40 or 60")

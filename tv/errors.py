@@ -33,3 +33,12 @@ class SessionNotFound(TvError):
     """No publishing or viewing session has this id (HTTP 404)."""
 
     code = "session_not_found"
+
+
+class ViewersFull(TvError):
+    """This process serves as many viewers as ``[video] max_viewers`` allows (HTTP 503).
+
+    One more would slow the programme down for everyone watching already.
+    """
+
+    code = "viewers_full"

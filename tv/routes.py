@@ -28,7 +28,14 @@ from server.auth import Role
 from server.http import ApiError, Handler, client_ip, json_response, read_json, require_staff
 from server.pages import _render
 from server.settings import RateLimit
-from tv.errors import InvalidSdp, SessionNotFound, TvError, UnknownFeed, UnsupportedMedia
+from tv.errors import (
+    InvalidSdp,
+    SessionNotFound,
+    TvError,
+    UnknownFeed,
+    UnsupportedMedia,
+    ViewersFull,
+)
 from tv.events import FeedCued
 from tv.namespace import CONTRIBUTE
 from tv.service import TvService
@@ -43,6 +50,9 @@ MAX_SDP_BYTES = 64 * 1024
 # Public WHEP offers per address: a page reload or two, not a flood of peer
 # connections (each one costs the server an encoder's output and a socket).
 WATCH_LIMIT = RateLimit(30, 60)
+# When the process has all the viewers it may serve, a new one is told to come
+# back in this many seconds (players retry by themselves).
+FULL_RETRY_S = 15
 CUE_MAX = 200
 # How often the server looks for rotated tokens (run.py feed-token --rotate
 # runs in another process and only changes the database).
@@ -176,6 +186,10 @@ async def _tv_errors() -> AsyncIterator[None]:
         raise ApiError(422, "unsupported_media") from e
     except SessionNotFound as e:
         raise ApiError(404, "session_not_found") from e
+    except ViewersFull as e:
+        log.warning("viewer turned away: this process is full", extra={"reason": str(e)})
+        raise ApiError(503, "viewers_full", headers={"Retry-After": str(FULL_RETRY_S)},
+                       extra={"retry_after_s": FULL_RETRY_S}) from e
     except TvError as e:
         raise ApiError(409, e.code) from e
 

@@ -18,7 +18,7 @@ from aiortc import RTCPeerConnection
 
 from server.clock import Clock
 from server.settings import Settings
-from tv.errors import SessionNotFound, UnknownFeed
+from tv.errors import SessionNotFound, UnknownFeed, ViewersFull
 from tv.events import FeedStateChanged
 from tv.fanout import Delivery
 from tv.ingest import FeedSource, IngestSession
@@ -182,6 +182,10 @@ class TvService:
         its own channel, encoded once however many staff watch it.
         """
         key = PROGRAMME if feed is None else self._source(feed).id
+        limit = self.settings.video.max_viewers
+        if limit and len(self._viewers) >= limit:
+            raise ViewersFull(f"{len(self._viewers)} viewers already, the most this "
+                              "process serves ([video] max_viewers)")
         channel = self._channel(key)
         pc = self._peer_connection()
         viewer = Viewer(pc, key, channel.request_keyframe, channel.histories)

@@ -319,8 +319,12 @@ export class WhepPlayer {
       if (generation !== this.generation) return;
       // 404/501/503: no video service (yet); the slate stays, we try again later.
       const noService = error instanceof ApiError && [404, 405, 501, 503].includes(error.status);
+      const full = error instanceof ApiError && error.code === "viewers_full";
       this.teardown();
-      this.retry(noService ? "unavailable" : "reconnecting");
+      // A full server says when to come back; each player adds its own share of
+      // that again, so that the waiting audience does not return all at once.
+      const wait = full ? Number(error.body?.retry_after_s) || 15 : 0;
+      this.retry(full ? "full" : noService ? "unavailable" : "reconnecting", wait * (1 + Math.random()));
     }
   }
 
@@ -362,8 +366,8 @@ export class WhepPlayer {
     this.pc = null;
   }
 
-  retry(state) {
-    const seconds = backoffSeconds(this.attempt);
+  retry(state, atLeastSeconds = 0) {
+    const seconds = Math.max(backoffSeconds(this.attempt), atLeastSeconds);
     this.attempt += 1;
     this.setState(state);
     clearTimeout(this.retryTimer);
@@ -442,13 +446,14 @@ export class WhepPlayer {
     if (state === "connecting") caption = t("player.connecting");
     else if (state === "reconnecting") caption = t("player.reconnecting");
     else if (state === "unavailable") caption = t("player.unavailable");
+    else if (state === "full") caption = t("player.full");
     else if (state === "unsupported") caption = t("player.unsupported");
     else if (state === "playing" && this.programmeState === "before") caption = t("player.not_started");
     else if (state === "playing" && this.programmeState === "ended") caption = t("now.ended");
     if (this.caption) {
       if (this.caption.textContent !== caption) this.caption.textContent = caption;
       this.caption.hidden = !caption;
-      this.caption.dataset.kind = ["reconnecting", "unavailable", "unsupported"].includes(state) ? "warning" : "info";
+      this.caption.dataset.kind = ["reconnecting", "unavailable", "full", "unsupported"].includes(state) ? "warning" : "info";
     }
     if (this.liveBadge) this.liveBadge.hidden = !(state === "playing" && (this.programmeState === "live" || this.programmeState === "hold"));
     if (this.soundButton) {

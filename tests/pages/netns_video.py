@@ -69,6 +69,10 @@ PICTURE_JS = """() => {
 }"""
 
 
+MAX_VIEWERS = 2
+"""This server's [video] max_viewers: the viewer, and room for its reconnections."""
+
+
 async def set_loopback(state: str) -> None:
     process = await asyncio.create_subprocess_exec("ip", "link", "set", "lo", state)
     if await process.wait() != 0:
@@ -161,6 +165,20 @@ async def run(browser: Browser, base: str, token: str, director: Http,
     checks["before_picture"] = await wait_picture(viewer, "slate")
     checks["before_caption"] = await viewer.inner_text("#player-status")
 
+    # 1b. The server takes MAX_VIEWERS players: one more is told, in words, that the
+    #     live stream is full, while those watching keep their picture.
+    extra_ctx = await browser.new_context(locale="fr-FR")
+    second, third = await extra_ctx.new_page(), await extra_ctx.new_page()
+    await second.goto(f"{base}/")
+    await wait_for(second, "window.tvPlayer && window.tvPlayer.state === 'playing'",
+                   "a second viewer to play", 30)
+    await third.goto(f"{base}/")
+    checks["full_caption"] = await wait_for(
+        third, "window.tvPlayer && window.tvPlayer.state === 'full' && "
+        "document.getElementById('player-status').textContent", "the third viewer to be told", 20)
+    checks["full_first_frames"] = await frames_rising(viewer)
+    await extra_ctx.close()
+
     # 2. The site publishes; its page says the server receives it.
     await site.goto(f"{base}/contribute/{FEED}?token={token}")
     await wait_for(site, "!document.getElementById('publish').disabled", "the camera", 15)
@@ -246,7 +264,8 @@ async def main() -> int:
     result: dict[str, Any] = {"ok": False, "checks": {}, "page_errors": []}
     with tempfile.TemporaryDirectory() as tmp:
         settings = test_settings(Path(tmp)).with_overrides(video=VideoSettings(
-            width=640, height=360, fps=30, bitrate_kbps=1200, keyframe_interval_s=1.0))
+            width=640, height=360, fps=30, bitrate_kbps=1200, keyframe_interval_s=1.0,
+            max_viewers=MAX_VIEWERS))
         server = TestServer(create_app(settings), host="127.0.0.1")
         await server.start_server()
         director = await Http.open(str(server.make_url("")))

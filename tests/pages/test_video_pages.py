@@ -65,6 +65,10 @@ def test_contributor_publishes_and_viewer_sees_it_live() -> None:
     assert checks["before_frames"][1] > checks["before_frames"][0]
     assert checks["before_picture"]["kind"] == "slate"
     assert checks["before_caption"] == "L'émission n'a pas commencé"
+    # One viewer more than the server takes is told so, and nobody else notices.
+    assert checks["full_caption"] == ("Le direct est complet pour le moment. "
+                                      "Nouvel essai automatique…")
+    assert checks["full_first_frames"][1] > checks["full_first_frames"][0]
 
     # The site's page says the server receives its picture.
     assert checks["publish_state"] == "live"

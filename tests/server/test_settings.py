@@ -35,6 +35,8 @@ def test_the_show_configuration_loads():
     assert (settings.qa.per_ip.count, settings.qa.per_ip.window_s) == (100, 600)
     assert settings.auth.login_failures.count == 5
     assert settings.database_url.startswith("sqlite+aiosqlite:///")
+    assert (settings.video.audio_frame_ms, settings.video.max_viewers) == (60, 300)
+    assert settings.video.serve
 
 
 def edited(old: str, new: str, after: str = "") -> str:
@@ -67,6 +69,9 @@ BAD_CONFIGS = {
     "log format": (edited('format = "json"', 'format = "xml"'), "logging.format"),
     "secure_cookies not a boolean": (edited("secure_cookies = false", 'secure_cookies = "no"'),
                                      "http.secure_cookies"),
+    "sound packets of 30 ms": (edited("audio_frame_ms = 60", "audio_frame_ms = 30"),
+                               "video.audio_frame_ms"),
+    "viewers below zero": (edited("max_viewers = 300", "max_viewers = -1"), "video.max_viewers"),
 }
 
 

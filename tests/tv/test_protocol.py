@@ -401,6 +401,42 @@ async def test_whep_programme_is_201_and_delete_ends_it(server, base_url):
         json_error(body, "session_not_found")
 
 
+async def test_a_full_process_turns_the_next_viewer_away_and_keeps_the_others(
+        tmp_path, start_server):
+    server = await start_server(settings_for(
+        tmp_path, video={**SMALL_VIDEO, "max_viewers": 2}))
+    base = str(server.make_url("")).rstrip("/")
+    first, second = await Viewer.start(base), await Viewer.start(base)
+    async with closing(first, second):
+        await first.first_frame()
+        too_many = await offer_to_watch()
+        status, text, resp = await post_sdp(base, "/whep", too_many)
+        body = json.loads(text)
+        assert status == 503, text
+        json_error(body, "viewers_full")
+        assert resp.headers["Retry-After"] == "15" and body["retry_after_s"] == 15
+        await first.more_frames(10)  # those watching go on as before
+        await second.more_frames(10)
+        assert server.app[keys.TV].viewer_count == 2
+
+        status, _, _ = await send(base, "DELETE", second.location)
+        assert status == 200
+        third = await Viewer.start(base)  # a place came free
+        async with closing(third):
+            await third.first_frame()
+
+
+async def offer_to_watch() -> str:
+    """A viewer's offer whose peer is closed again: only the text is wanted."""
+    pc = _peer()
+    try:
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        return str(pc.localDescription.sdp)
+    finally:
+        await pc.close()
+
+
 async def test_whep_errors(server, base_url):
     good = await offer()  # a sendonly offer: a viewer must ask to receive
     for body, content_type, (status, code) in [
