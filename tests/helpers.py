@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
+import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
+import pytest
 import socketio
 
 from server.settings import Settings, parse_settings
@@ -35,6 +39,41 @@ def test_settings(tmp_path: Path, database_url: str | None = None, redis_url: st
 def services_required() -> bool:
     """In CI a missing PostgreSQL, Redis or Chromium is a failure, not a skip."""
     return os.environ.get("TV_REQUIRE_SERVICES") == "1"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip for want of ``reason``; in CI (TV_REQUIRE_SERVICES=1), fail instead."""
+    if services_required():
+        pytest.fail(f"TV_REQUIRE_SERVICES=1 but {reason}")
+    pytest.skip(reason)
+
+
+def require_namespace() -> None:
+    """Root, ``unshare`` and ``ip`` make a private network namespace with only ``lo``;
+    a container may refuse one."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        unavailable("a private network namespace (unshare -n) needs root")
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        unavailable("unshare (util-linux) and ip (iproute2) are needed")
+    probe = subprocess.run(["unshare", "-n", "sh", "-c", "ip link set lo up"],
+                           capture_output=True, text=True, timeout=10, check=False)
+    if probe.returncode != 0:
+        unavailable(f"cannot make a network namespace here: {probe.stderr.strip()}")
+
+
+def run_in_namespace(script: Path, timeout: float = 180) -> dict[str, Any]:
+    """Run ``script`` with this Python in a network namespace that has only ``lo``;
+    its last JSON line on stdout, with its exit code and the end of its stderr."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = f"ip link set lo up && exec {sys.executable} {script.relative_to(ROOT)}"
+    done = subprocess.run(["unshare", "-n", "sh", "-c", command], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no result line (exit {done.returncode}); stderr:\n{done.stderr[-4000:]}"
+    result: dict[str, Any] = json.loads(lines[-1])
+    result["exit_code"] = done.returncode
+    result["stderr_tail"] = done.stderr[-4000:]
+    return result
 
 
 @dataclass

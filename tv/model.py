@@ -49,8 +49,8 @@ class RateMeter:
 
     Until a whole window has passed since the first event (or the first after
     a silence as long as the window), the rates are over the time that has, at
-    least MIN_SPAN_S: a feed that has just come in shows its real frame rate at
-    once, not a fraction of it.
+    least MIN_SPAN_S (a burst of frames at the start is not a rate): a feed
+    that has just come in shows its real frame rate at once, not a fraction.
     """
 
     window_s: float = 2.0
@@ -58,7 +58,7 @@ class RateMeter:
     _bytes: deque[tuple[float, int]] = field(default_factory=deque)
     _since: float | None = None
 
-    MIN_SPAN_S = 0.5
+    MIN_SPAN_S = 1.0
 
     def frame(self, at: float) -> None:
         self._start(at)

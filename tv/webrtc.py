@@ -139,7 +139,12 @@ class Wanted:
     """What one side accepts in an offer."""
 
     direction: str
-    """The offerer's direction for every media section: sendonly (WHIP), recvonly (WHEP)."""
+    """The offerer's direction for every media section: sendonly (WHIP), recvonly (WHEP).
+
+    sendrecv is taken as well and answered one way (RFC 3264): RFC 9725 says a
+    client SHOULD offer one way, and GStreamer's webrtcbin offers sendrecv
+    unless told otherwise.
+    """
     video: tuple[str, ...]
     audio: tuple[str, ...] = AUDIO
     h264_profiles: tuple[str, ...] = H264_PROFILES
@@ -193,7 +198,7 @@ def parse_offer(offer_sdp: str, wanted: Wanted) -> list[str]:
             raise InvalidSdp(f"the {media.kind} section has no ICE credentials")
         if not media.dtls or not media.dtls.fingerprints:
             raise InvalidSdp(f"the {media.kind} section has no DTLS fingerprint")
-        if media.direction != wanted.direction:
+        if media.direction not in (wanted.direction, "sendrecv"):
             raise UnsupportedMedia(f"the {media.kind} section must be {wanted.direction}")
         mimes = wanted.video if media.kind == "video" else wanted.audio
         common = filter_preferred_codecs(find_common_codecs(CODECS[media.kind], media.rtp.codecs),

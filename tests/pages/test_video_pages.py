@@ -4,60 +4,28 @@ namespace (the browser part runs in tests/pages/netns_video.py)."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.helpers import ROOT, services_required
+from tests.helpers import require_namespace, run_in_namespace, unavailable
 
 CHROMIUM = os.environ.get("TV_TEST_CHROMIUM", "/usr/bin/chromium")
-SCRIPT = Path(__file__).with_name("netns_video.py").relative_to(ROOT)
+SCRIPT = Path(__file__).with_name("netns_video.py")
 
 pytestmark = pytest.mark.browser
 
 
-def _unavailable(reason: str) -> None:
-    if services_required():
-        pytest.fail(f"TV_REQUIRE_SERVICES=1 but {reason}")
-    pytest.skip(reason)
-
-
 def _check_sandbox() -> None:
-    """Root, ``unshare`` and Chromium are needed; a container may refuse namespaces."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        _unavailable("a private network namespace (unshare -n) needs root")
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        _unavailable("unshare (util-linux) and ip (iproute2) are needed")
+    require_namespace()
     if not Path(CHROMIUM).exists():
-        _unavailable(f"Chromium not found at {CHROMIUM} (Debian package 'chromium')")
-    probe = subprocess.run(["unshare", "-n", "sh", "-c", "ip link set lo up"],
-                           capture_output=True, text=True, timeout=10, check=False)
-    if probe.returncode != 0:
-        _unavailable(f"cannot make a network namespace here: {probe.stderr.strip()}")
-
-
-def _run_in_namespace() -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = f"ip link set lo up && exec {sys.executable} {SCRIPT}"
-    done = subprocess.run(["unshare", "-n", "sh", "-c", command], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=180, check=False)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    assert lines, f"no result line (exit {done.returncode}); stderr:\n{done.stderr[-4000:]}"
-    result: dict[str, Any] = json.loads(lines[-1])
-    result["exit_code"] = done.returncode
-    result["stderr_tail"] = done.stderr[-4000:]
-    return result
+        unavailable(f"Chromium not found at {CHROMIUM} (Debian package 'chromium')")
 
 
 def test_contributor_publishes_and_viewer_sees_it_live() -> None:
     _check_sandbox()
-    result = _run_in_namespace()
+    result = run_in_namespace(SCRIPT)
     checks = result["checks"]
     assert result["ok"] and result["exit_code"] == 0, result
 
