@@ -42,8 +42,8 @@ INGEST_VIDEO = ("video/H264", "video/VP8")
 VIEWER_VIDEO = ("video/H264",)
 H264_PROFILES = ("42e01f", "42001f")
 # A contributor's H.264 is decoded by FFmpeg, which reads any of these: a
-# broadcast tool left at Main or High (GStreamer's x264enc, for one) is taken
-# too. aiortc matches offers on the profile; the level may differ.
+# broadcast tool whose encoder is set to Main or High is taken too. aiortc
+# matches offers on the profile; the level may differ.
 INGEST_H264_PROFILES = (*H264_PROFILES, "4d001f", "640c1f", "64001f")
 AUDIO = ("audio/opus",)
 

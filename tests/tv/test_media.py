@@ -127,7 +127,7 @@ async def test_the_viewer_follows_every_switch_and_loss_on_one_connection(room: 
 
 async def test_a_broadcast_tool_sending_h264_high_profile_with_b_frames_is_taken(
         room: Room) -> None:
-    """GStreamer's x264enc, left to itself, offers High profile (profile-level-id 64...)."""
+    """A tool whose encoder is set to High profile offers it (profile-level-id 64...)."""
     publisher = await room.publisher("afrique", "green", profile="640c1f")
     answer = publisher.pc.remoteDescription.sdp
     assert "profile-level-id=640c1f" in answer
