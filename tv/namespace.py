@@ -106,7 +106,7 @@ class VideoPushes:
             return
         stats = tv.feed_stats()
         await self.sio.emit("feeds", [s.view() for s in stats], namespace=CONTROL)
-        shared = self.app[keys.SETTINGS].redis_url is not None
+        shared = bool(self.app[keys.SETTINGS].redis_url)
         for s in stats:
             if shared or self.local[s.feed] > 0:
                 await self.sio.emit("feed_status", feed_status(s), namespace=CONTRIBUTE,
