@@ -228,15 +228,12 @@ class RtpStream:
         ts = (self._origin + burst.timestamp) & 0xFFFFFFFF
         pt, ssrc = self.payload_type, self._ssrc
         payloads = burst.payloads
-        if self.kind == "video":  # the marker ends a picture
-            last = len(payloads) - 1
-            packets = [protect(HEADER.pack(b0, pt | 0x80 if i == last else pt,
-                                           (seq + i) & 0xFFFF, ts, ssrc) + ext + payload)
-                       for i, payload in enumerate(payloads)]
-        else:  # the marker starts a talkspurt: the stream's first packet
-            packets = [protect(HEADER.pack(b0, pt | 0x80 if first and i == 0 else pt,
-                                           (seq + i) & 0xFFFF, ts, ssrc) + ext + payload)
-                       for i, payload in enumerate(payloads)]
+        # The marker ends a picture (video); for sound it starts a talkspurt,
+        # here the stream's first packet (-1: no packet of this burst).
+        marked = len(payloads) - 1 if self.kind == "video" else (0 if first else -1)
+        packets = [protect(HEADER.pack(b0, pt | 0x80 if i == marked else pt,
+                                       (seq + i) & 0xFFFF, ts, ssrc) + ext + payload)
+                   for i, payload in enumerate(payloads)]
         self._send(packets, pair)
         self.packets += len(payloads)
         self.octets += burst.octets
@@ -305,8 +302,7 @@ class RtpStream:
             else:
                 header = HEADER.pack(b0, self.payload_type | marked, seq16, ts, self._ssrc)
                 packets.append(protect(header + ext + payload))
-        for packet in packets:
-            self._send([packet], pair)
+        self._send(packets, pair)
         self.retransmitted += len(packets)
         return len(packets)
 

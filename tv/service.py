@@ -26,14 +26,10 @@ from tv.model import FeedState, FeedStats
 from tv.programme import Channel
 from tv.slate import Slate
 from tv.webrtc import (
-    AUDIO,
-    INGEST_H264_PROFILES,
-    INGEST_VIDEO,
     WHIP,
     answer,
     link_headers,
     parse_offer,
-    preferences,
     register_h264_profiles,
     restrict_host_addresses,
     rtc_configuration,
@@ -119,9 +115,7 @@ class TvService:
         try:
             for kind in kinds:
                 transceiver = pc.addTransceiver(kind, direction="recvonly")
-                transceiver.setCodecPreferences(
-                    preferences(kind, INGEST_VIDEO if kind == "video" else AUDIO,
-                                INGEST_H264_PROFILES))
+                transceiver.setCodecPreferences(WHIP.codecs(kind))
             answer_sdp = await answer(pc, offer_sdp)
         except BaseException:
             await pc.close()

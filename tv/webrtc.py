@@ -149,6 +149,11 @@ class Wanted:
     audio: tuple[str, ...] = AUDIO
     h264_profiles: tuple[str, ...] = H264_PROFILES
 
+    def codecs(self, kind: str) -> list[RTCRtpCodecCapability]:
+        """The codec preferences for a ``kind`` section, best first (with RTX)."""
+        return preferences(kind, self.video if kind == "video" else self.audio,
+                           self.h264_profiles)
+
 
 WHIP = Wanted("sendonly", INGEST_VIDEO, h264_profiles=INGEST_H264_PROFILES)
 WHEP = Wanted("recvonly", VIEWER_VIDEO)
@@ -202,7 +207,7 @@ def parse_offer(offer_sdp: str, wanted: Wanted) -> list[str]:
             raise UnsupportedMedia(f"the {media.kind} section must be {wanted.direction}")
         mimes = wanted.video if media.kind == "video" else wanted.audio
         common = filter_preferred_codecs(find_common_codecs(CODECS[media.kind], media.rtp.codecs),
-                                         preferences(media.kind, mimes, wanted.h264_profiles))
+                                         wanted.codecs(media.kind))
         if not common:
             raise UnsupportedMedia(f"the {media.kind} section offers none of "
                                    f"{', '.join(m.split('/')[1] for m in mimes)}")

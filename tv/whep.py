@@ -18,7 +18,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpTransceiver, clock
 from aiortc.mediastreams import MediaStreamError
 
 from tv.fanout import Burst, Delivery, History, Negotiated, RtpStream
-from tv.webrtc import AUDIO, VIEWER_VIDEO, WHEP, answer, on_feedback, parse_offer, preferences
+from tv.webrtc import WHEP, answer, on_feedback, parse_offer
 
 
 class IdleTrack(MediaStreamTrack):
@@ -81,8 +81,7 @@ class Viewer:
             self._tracks.append(track)
             transceiver = self.pc.addTransceiver(track, direction="sendonly")
             # Before the offer is applied: aiortc chooses codecs there.
-            transceiver.setCodecPreferences(
-                preferences(kind, VIEWER_VIDEO if kind == "video" else AUDIO))
+            transceiver.setCodecPreferences(WHEP.codecs(kind))
             transceivers[kind] = transceiver
         answer_sdp = await answer(self.pc, offer_sdp)
         for kind, transceiver in transceivers.items():
