@@ -49,6 +49,7 @@ from tests.benchmarks.procs import (
     bench_config,
     cpu_s,
     free_port,
+    nearest_rank,
     raise_nofile,
     run_bench,
     say,
@@ -150,11 +151,8 @@ async def drive(url: str, bodies: list[bytes], cookies: list[str], concurrency: 
 
 def percentile(values: list[float], p: float) -> float | None:
     """Nearest rank; None for no values or when the rank falls on a missing (inf) one."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    value = ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-    return None if math.isinf(value) else round(value, 2)
+    value = nearest_rank(values, p)
+    return None if value is None or math.isinf(value) else round(value, 2)
 
 
 def delays_ms(load: Load, ids: list[int], stamps: list[list[float | None]]) -> list[float]:

@@ -61,7 +61,7 @@ import socketio
 
 from server.settings import load_settings
 from tests.benchmarks.fleet import reply
-from tests.benchmarks.procs import Child, bench_config, free_port, run_bench, say
+from tests.benchmarks.procs import Child, bench_config, free_port, nearest_rank, run_bench, say
 
 END = "(end)"
 
@@ -193,11 +193,8 @@ async def probe(port: int, count: int) -> list[tuple[float, float, str]]:
 
 
 def pct(values: list[float], p: float) -> float | None:
-    """Nearest rank, as bench_questions; None without values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)], 3)
+    value = nearest_rank(values, p)
+    return None if value is None else round(value, 3)
 
 
 def stats(values: list[float]) -> dict[str, Any]:

@@ -87,7 +87,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import random
 import shutil
@@ -132,6 +131,7 @@ from tests.benchmarks.procs import (
     bench_config,
     cpu_s,
     free_port,
+    nearest_rank,
     raise_nofile,
     run_bench,
     say,
@@ -160,11 +160,8 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float | None:
-    """Nearest rank."""
-    if not values:
-        return None
-    ranked = sorted(values)
-    return round(ranked[max(0, math.ceil(q / 100 * len(ranked)) - 1)], 1)
+    value = nearest_rank(values, q)
+    return None if value is None else round(value, 1)
 
 
 def summary(values: list[float]) -> dict[str, Any]:

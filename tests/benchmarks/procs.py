@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import ctypes
 import json
+import math
 import os
 import re
 import resource
@@ -37,6 +38,14 @@ def _die_with_parent() -> None:
 
 def say(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def nearest_rank(values: list[float], p: float) -> float | None:
+    """The p-th percentile by nearest rank (p95 of 20 values is the 19th); None without values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 def free_port() -> int:
