@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
@@ -289,6 +290,16 @@ def _themes(r: _Reader) -> tuple[Theme, ...]:
 _ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 
 
+def _new_id(item: dict[str, Any], key: str, taken: Iterable[str]) -> str:
+    """The ``id`` of a feed or segment: lower-case, and not one of ``taken``."""
+    value = item.get("id")
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+        raise ConfigError(f"{key}.id must be lower-case letters, digits and -")
+    if value in taken:
+        raise ConfigError(f"{key}.id {value!r} is used twice")
+    return value
+
+
 def _zone(key: str, name: Any) -> ZoneInfo:
     if not isinstance(name, str):
         raise ConfigError(f"{key} must be a time zone name such as Europe/Paris")
@@ -302,11 +313,7 @@ def _feeds(r: _Reader) -> tuple[Feed, ...]:
     feeds: list[Feed] = []
     for i, item in enumerate(r.table_list("feeds")):
         key = f"feeds[{i}]"
-        fid = item.get("id")
-        if not isinstance(fid, str) or not _ID_RE.fullmatch(fid):
-            raise ConfigError(f"{key}.id must be lower-case letters, digits and -")
-        if any(f.id == fid for f in feeds):
-            raise ConfigError(f"{key}.id {fid!r} is used twice")
+        fid = _new_id(item, key, (f.id for f in feeds))
         texts = {}
         for name in ("name_fr", "name_en", "site"):
             value = item.get(name, "")
@@ -332,11 +339,7 @@ def _plan(r: _Reader, event: EventSettings, themes: tuple[Theme, ...],
     segments: list[Segment] = []
     for i, item in enumerate(items):
         key = f"segments[{i}]"
-        sid = item.get("id")
-        if not isinstance(sid, str) or not _ID_RE.fullmatch(sid):
-            raise ConfigError(f"{key}.id must be lower-case letters, digits and -")
-        if any(s.id == sid for s in segments):
-            raise ConfigError(f"{key}.id {sid!r} is used twice")
+        sid = _new_id(item, key, (seg.id for seg in segments))
         start_raw = item.get("start")
         try:
             hh, mm = str(start_raw).split(":")
