@@ -7,7 +7,7 @@ what ``whipsink`` does: webrtcbin makes the offer, ICE gathering completes,
 the offer goes to the WHIP endpoint with the bearer token, the answer comes
 back. webrtcbin signs DTLS with an RSA certificate, as whipsink does.
 
-    /usr/bin/python3 tests/tv/gst_whip.py URL TOKEN SECONDS [h264|vp8]
+    /usr/bin/python3 tests/tv/gst_whip.py URL TOKEN SECONDS [h264|vp8] [sendrecv]
 
 Prints one JSON line: the HTTP status, the session's Location, what the offer
 said (media, setup, candidates), the connection state reached and the status
@@ -41,7 +41,6 @@ PIPELINES = {
             "framerate=30/1 ! videoconvert ! vp8enc deadline=1 keyframe-max-dist=30 ! "
             "rtpvp8pay ! application/x-rtp,media=video,encoding-name=VP8,payload=96 ! webrtc."),
 }
-SENDONLY = True
 AUDIO = ("audiotestsrc is-live=true wave=sine freq=400 ! audioconvert ! audioresample ! "
          "opusenc ! rtpopuspay ! application/x-rtp,media=audio,encoding-name=OPUS,payload=111 "
          "! webrtc.")
@@ -50,8 +49,7 @@ AUDIO = ("audiotestsrc is-live=true wave=sine freq=400 ! audioconvert ! audiores
 def main() -> int:
     url, token, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
     codec = sys.argv[4] if len(sys.argv) > 4 else "h264"
-    global SENDONLY
-    SENDONLY = "sendrecv" not in sys.argv[5:]
+    sendonly = "sendrecv" not in sys.argv[5:]
     Gst.init(None)
     pipeline = Gst.parse_launch(
         f"webrtcbin name=webrtc bundle-policy=max-bundle {PIPELINES[codec]} {AUDIO}")
@@ -113,7 +111,7 @@ def main() -> int:
         if negotiated:  # once, with every stream in the offer
             return
         negotiated.append(True)
-        if SENDONLY:  # what whipsink does; webrtcbin's own default is sendrecv
+        if sendonly:  # what whipsink does; webrtcbin's own default is sendrecv
             for i in range(2):
                 transceiver = element.emit("get-transceiver", i)
                 if transceiver is not None:
