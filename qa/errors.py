@@ -55,3 +55,15 @@ class RateLimited(QaError):
     def __init__(self, retry_after_s: float) -> None:
         super().__init__(f"retry after {retry_after_s:.0f} s")
         self.retry_after_s = retry_after_s
+
+
+class QuestionNotStored(QaError):
+    """The database refused this one question (the others of its batch were stored)."""
+
+    code = "question_not_stored"
+
+
+class StorageUnavailable(QaError):
+    """The database cannot take writes now (away, full, read-only, saturated)."""
+
+    code = "storage_unavailable"

@@ -120,7 +120,9 @@ def _has_control(text: str, allow_newline: bool) -> bool:
     for ch in text:
         if ch in _BIDI_CONTROLS:
             return True
-        if unicodedata.category(ch) == "Cc" and not (allow_newline and ch in "\n\t"):
+        category = unicodedata.category(ch)
+        # Cs: half of a surrogate pair, which JSON can carry and no database can store.
+        if category == "Cs" or (category == "Cc" and not (allow_newline and ch in "\n\t")):
             return True
     return False
 

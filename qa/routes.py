@@ -16,14 +16,24 @@ from qa.errors import (
     NotPublishable,
     QaError,
     QuestionNotFound,
+    QuestionNotStored,
     RateLimited,
     StaleVersion,
+    StorageUnavailable,
 )
 from qa.model import staff_view, viewer_view
 from qa.service import QuestionService
 from server import keys
 from server.auth import Role
-from server.http import ApiError, client_ip, current_staff, json_response, read_json, require_staff
+from server.http import (
+    STORAGE_RETRY_S,
+    ApiError,
+    client_ip,
+    current_staff,
+    json_response,
+    read_json,
+    require_staff,
+)
 
 routes = web.RouteTableDef()
 
@@ -39,6 +49,11 @@ async def _domain_errors(rate_code: str = "rate_limited") -> AsyncIterator[None]
     except StaleVersion as e:
         current = staff_view(e.current)
         raise ApiError(409, e.code, extra={**current, "current": current}) from e
+    except StorageUnavailable as e:
+        raise ApiError(503, e.code, headers={"Retry-After": str(STORAGE_RETRY_S)},
+                       extra={"retry_after_s": STORAGE_RETRY_S}) from e
+    except QuestionNotStored as e:
+        raise ApiError(422, e.code) from e
     except (CannotMerge, NotPublishable) as e:
         raise ApiError(409, e.code) from e
     except RateLimited as e:
@@ -154,7 +169,8 @@ async def merge(request: web.Request) -> web.Response:
 async def _vote(request: web.Request, add: bool) -> web.Response:
     qid = _question_id(request)
     async with _domain_errors("vote_rate_limited"):
-        votes, voted = await _service(request).vote(qid, request[keys.VIEWER_ID], add)
+        votes, voted = await _service(request).vote(qid, request[keys.VIEWER_ID], add,
+                                                    client_ip(request))
     return json_response({"id": qid, "votes": votes, "voted": voted})
 
 

@@ -19,8 +19,10 @@ from qa.errors import (
     InvalidQuestion,
     NotPublishable,
     QuestionNotFound,
+    QuestionNotStored,
     RateLimited,
     StaleVersion,
+    StorageUnavailable,
 )
 from qa.events import OnAirChanged, QuestionChanged, QuestionRemoved, QuestionSubmitted
 from qa.model import DuplicateIndex, Limits, ProfanityFilter, Question, Status
@@ -137,12 +139,21 @@ class QuestionService:
     async def mine(self, viewer_id: str) -> list[Question]:
         return await self.store.query(viewer_id=viewer_id, include_merged=True)
 
-    async def vote(self, question_id: int, viewer_id: str, add: bool) -> tuple[int, bool]:
-        """Add (or withdraw) this viewer's vote; one per viewer. Returns (votes, voted)."""
+    async def vote(self, question_id: int, viewer_id: str, add: bool,
+                   ip: str = "unknown") -> tuple[int, bool]:
+        """Add (or withdraw) this viewer's vote; one per viewer. Returns (votes, voted).
+
+        A viewer id is a cookie anyone can mint afresh, so the address is
+        limited too: in all, and per question (a venue behind one NAT votes
+        a lot, but not hundreds of times for one question).
+        """
         question = await self.store.get(question_id)
         if question is None or not question.is_public:
             raise QuestionNotFound()
-        await self._limit([(f"vote:viewer:{viewer_id}", self.settings.votes_per_viewer)])
+        await self._limit([
+            (f"vote:viewer:{viewer_id}", self.settings.votes_per_viewer),
+            (f"vote:ip:{ip}", self.settings.votes_per_ip),
+            (f"vote:ip:{ip}:q:{question_id}", self.settings.votes_per_ip_question)])
         votes, changed = await self.store.vote(question_id, viewer_id, self.clock.now(), add)
         if changed:
             await self.publish(VotesChanged(replace(question, votes=votes)))
@@ -294,13 +305,34 @@ class QuestionService:
             batch = [await self._queue.get()]
             while not self._queue.empty() and len(batch) < _BATCH_MAX:
                 batch.append(self._queue.get_nowait())
-            try:
-                await self._write(batch)
-            except Exception as e:
-                log.exception("storing questions failed", extra={"count": len(batch)})
+            await self._write_isolated(batch)
+
+    async def _write_isolated(self, batch: list[_Pending]) -> None:
+        """Store a batch; if it fails, store its questions one by one.
+
+        One question the database refuses must never cost the others theirs:
+        each gets its own answer (stored, not stored, or storage unavailable).
+        """
+        try:
+            await self._write(batch)
+            return
+        except StorageUnavailable as e:
+            log.warning("the database cannot store questions now",
+                        extra={"count": len(batch), "reason": e.detail})
+            failures: list[tuple[_Pending, Exception]] = [(p, e) for p in batch]
+        except Exception:
+            if len(batch) == 1:
+                log.exception("a question could not be stored")
+                failures = [(batch[0], QuestionNotStored())]
+            else:
+                log.warning("a batch of questions failed: storing them one by one",
+                            extra={"count": len(batch)})
                 for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(e)
+                    await self._write_isolated([p])
+                return
+        for p, error in failures:
+            if not p.future.done():
+                p.future.set_exception(error)
 
     async def _write(self, batch: list[_Pending]) -> None:
         """Flag and insert a batch in one transaction (group commit)."""
@@ -319,8 +351,13 @@ class QuestionService:
                 dup = self.duplicates.best_match_tokens(question.theme, words)
                 if dup is not None:
                     flags = (*question.flags, f"duplicate:{dup}")
-                    await self.store.set_flags(question.id, flags)
                     stored[i] = question = replace(question, flags=flags)
+                    try:
+                        await self.store.set_flags(question.id, flags)
+                    except Exception:
+                        # Stored already: a lost hint must not turn into a lost answer.
+                        log.exception("flagging a duplicate failed",
+                                      extra={"question_id": question.id})
             self.duplicates.add_tokens(question.id, question.theme, words)
             if not self.shared:
                 self._last_indexed = max(self._last_indexed, question.id)

@@ -23,10 +23,12 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import text as sql_text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from qa.errors import StorageUnavailable
 from qa.model import Question, Status
 from server.dbtypes import UtcDateTime
 
@@ -163,9 +165,13 @@ class QuestionStore:
         } for n in items]
         # One multi-row INSERT ... RETURNING: a single round trip for the
         # whole batch (executemany with ordered RETURNING goes row by row).
-        async with self.engine.begin() as conn:
-            result = await conn.execute(insert(Q).values(rows).returning(*Q.c))
-            stored = [_to_question(r) for r in result]
+        try:
+            async with self.engine.begin() as conn:
+                result = await conn.execute(insert(Q).values(rows).returning(*Q.c))
+                stored = [_to_question(r) for r in result]
+        except (OperationalError, InterfaceError, PoolTimeout) as e:
+            # Not this batch's fault: the database is away, full or read-only.
+            raise StorageUnavailable(str(getattr(e, "orig", None) or e)[:200]) from e
         # RETURNING promises no order: put each row back in its input's place.
         places: dict[tuple[str, str, datetime], list[int]] = {}
         for i, n in enumerate(items):
