@@ -31,9 +31,14 @@ def _stamp(dt: datetime) -> str:
 
 
 def calendar(plan: Plan, title: str, url: str, now: datetime, lang: str = "fr") -> str:
+    """The running order; ``url`` is the configured public page ("" leaves links out).
+
+    Never the request's ``Host``: a calendar file is kept and shared, and
+    must not carry whatever address a client chose to write there.
+    """
     lines = ["BEGIN:VCALENDAR", "VERSION:2.0", "PRODID:-//tour-du-monde-tv//programme//FR",
              "CALSCALE:GREGORIAN", "METHOD:PUBLISH", f"X-WR-CALNAME:{_escape(title)}"]
-    host = url.split("//", 1)[-1].split("/", 1)[0] or "localhost"
+    host = url.split("//", 1)[-1].split("/", 1)[0] if url else "tour-du-monde-tv"
     for seg in plan.segments:
         lines += [
             "BEGIN:VEVENT",
@@ -43,7 +48,7 @@ def calendar(plan: Plan, title: str, url: str, now: datetime, lang: str = "fr") 
             f"DTEND:{_stamp(seg.planned_end)}",
             f"SUMMARY:{_escape(seg.title(lang))}",
             f"DESCRIPTION:{_escape(title)}",
-            f"URL:{url}",
+            *([f"URL:{url}"] if url else []),
             "END:VEVENT",
         ]
     lines.append("END:VCALENDAR")

@@ -82,7 +82,9 @@ async def extend(request: web.Request) -> web.Response:
     await require_staff(request, Role.DIRECTOR)
     body = await read_json(request)
     seconds = body.get("seconds")
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+    # An integer of 400 digits does not fit a float: out of range, like 3,601.
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) \
+            or not -3600 <= seconds <= 3600:
         raise ApiError(422, "invalid_seconds", extra={"field": "seconds"})
     return await _command(request, Action.EXTEND, seconds=float(seconds))
 
@@ -95,7 +97,8 @@ async def end(request: web.Request) -> web.Response:
 @routes.get("/programme.ics")
 async def calendar(request: web.Request) -> web.Response:
     settings = request.app[keys.SETTINGS]
-    url = str(request.url.with_path("/programme").with_query(None))
+    public = settings.http.public_url
+    url = f"{public}/programme" if public else ""
     text = ics.calendar(request.app[keys.PROGRAMME].plan, settings.event.title, url,
                         request.app[keys.CLOCK].now(), request[keys.LANG])
     return web.Response(

@@ -22,7 +22,13 @@ from server import db, keys, pages
 from server.auth import AuthService
 from server.clock import Clock, SpeedClock, SystemClock
 from server.events import EventBus
-from server.http import Handler, errors_middleware, identity_middleware, json_response
+from server.http import (
+    Handler,
+    errors_middleware,
+    identity_middleware,
+    json_response,
+    origin_middleware,
+)
 from server.i18n import Catalog
 from server.metrics import Metrics, metrics_handler, metrics_middleware
 from server.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
@@ -39,24 +45,37 @@ log = logging.getLogger("server.app")
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
         "img-src 'self' data: blob:; media-src 'self' blob:; connect-src 'self' ws: wss:; "
         "object-src 'none'; base-uri 'self'; form-action 'self'")
+# Pages that only staff see, or that take a password: never inside another site's frame
+# (a transparent frame over them would steer a moderator's clicks).
+_UNFRAMED = ("/login", "/logout", "/moderation", "/control")
 
 
 @web.middleware
 async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """On every answer, errors included (this middleware is the outermost)."""
     response = await handler(request)
     if not response.prepared:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
         if response.content_type == "text/html":
-            response.headers.setdefault("Content-Security-Policy", _CSP)
+            if request.path.startswith(_UNFRAMED):
+                ancestors, legacy = "'none'", "DENY"
+            else:
+                allowed = request.app[keys.SETTINGS].http.frame_ancestors
+                ancestors, legacy = " ".join(("'self'", *allowed)), "SAMEORIGIN"
+            response.headers.setdefault("Content-Security-Policy",
+                                        f"{_CSP}; frame-ancestors {ancestors}")
+            if legacy == "DENY" or not request.app[keys.SETTINGS].http.frame_ancestors:
+                # Older browsers know only this header, which cannot list origins.
+                response.headers.setdefault("X-Frame-Options", legacy)
     return response
 
 
 def create_app(settings: Settings, clock: Clock | None = None) -> web.Application:
     """Build the whole server for ``settings``; resources open on startup."""
-    app = web.Application(middlewares=[identity_middleware, metrics_middleware,
-                                       tv_routes.cors_middleware, errors_middleware,
-                                       security_headers],
+    app = web.Application(middlewares=[security_headers, identity_middleware,
+                                       metrics_middleware, tv_routes.cors_middleware,
+                                       errors_middleware, origin_middleware],
                           client_max_size=256 * 1024)
     app[keys.SETTINGS] = settings
     if clock is None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
+from sqlalchemy import exc as sa_exc
 
 from server import i18n, keys
 from server.auth import SESSION_COOKIE, Role, Staff, csrf_ok
@@ -47,6 +50,10 @@ def error_response(request: web.Request, status: int, code: str,
                              dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
 
+_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+# How long a client is asked to wait when the database cannot take a write.
+STORAGE_RETRY_S = 5
+
 _HTTP_CODES = {400: "invalid_json", 401: "not_authenticated", 403: "forbidden",
                404: "not_found", 405: "method_not_allowed", 413: "request_too_large",
                415: "unsupported_media_type"}
@@ -65,19 +72,101 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         code = _HTTP_CODES.get(e.status, "internal_error")
         headers = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "retry-after")}
         return error_response(request, e.status, code, headers)
+    except (sa_exc.OperationalError, sa_exc.TimeoutError, sa_exc.InterfaceError) as e:
+        # The database is away, full, read-only or saturated: nothing the client did.
+        # Say so, and when to try again, instead of a 500 that reads as a bug.
+        log.warning("the database could not serve a request",
+                    extra={"path": request.path, "method": request.method,
+                           "reason": str(getattr(e, "orig", None) or e)[:200]})
+        return error_response(request, 503, "storage_unavailable",
+                              {"Retry-After": str(STORAGE_RETRY_S)},
+                              {"retry_after_s": STORAGE_RETRY_S})
     except Exception:
         log.exception("request failed", extra={"path": request.path, "method": request.method})
         return error_response(request, 500, "internal_error")
 
 
 def client_ip(request: web.Request) -> str:
-    settings = request.app[keys.SETTINGS]
-    if settings.http.trust_forwarded:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        first = forwarded.split(",")[0].strip()
-        if first:
-            return first
-    return request.remote or "unknown"
+    """The client's address, as rate limits and logs know it.
+
+    Behind ``forwarded_hops`` proxies of ours, each appends the address it saw
+    to ``X-Forwarded-For``; the client writes whatever it likes before those,
+    so only the entry that many places from the right is believed. An IPv6
+    client is known by its /64, which one subscriber usually holds whole.
+    """
+    http = request.app[keys.SETTINGS].http
+    address = request.remote or ""
+    if http.trust_forwarded:
+        entries = [e.strip() for header in request.headers.getall("X-Forwarded-For", [])
+                   for e in header.split(",")]
+        entries = [e for e in entries if e]
+        if len(entries) >= http.forwarded_hops:
+            address = entries[-http.forwarded_hops]
+    return address_bucket(address)
+
+
+def address_bucket(address: str) -> str:
+    """An IPv4 address as it is; an IPv6 one as its /64; anything else as "unknown"."""
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+# Browser-facing writes that other sites may make on purpose: WHIP and WHEP
+# (bearer token or an unguessable session id; CORS answers them) and
+# Engine.IO's polling transport (which checks Origin itself).
+_CROSS_ORIGIN_PATHS = ("/whip/", "/whep/", "/socket.io/")
+
+
+def _origin_of(value: str) -> str | None:
+    parts = urlsplit(value.strip().lower())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return None
+    return parts.netloc.removesuffix(":443" if parts.scheme == "https" else ":80")
+
+
+def _own_hosts(request: web.Request) -> set[str]:
+    """The host[:port] names this site answers to, as a browser would write them."""
+    http = request.app[keys.SETTINGS].http
+    hosts = {request.host.lower()}
+    if http.trust_forwarded and (forwarded := request.headers.get("X-Forwarded-Host")):
+        hosts.add(forwarded.split(",")[-1].strip().lower())
+    for origin in (http.public_url, *http.allowed_origins):
+        if origin and (host := _origin_of(origin)):
+            hosts.add(host)
+    return {h.removesuffix(":80").removesuffix(":443") for h in hosts}
+
+
+def check_same_origin(request: web.Request) -> None:
+    """Refuse a write that a page of another site makes through a visitor's browser.
+
+    Browsers say where a request comes from (``Origin`` on every POST, and
+    ``Sec-Fetch-Site``); a tool that sends neither is not a visitor's browser
+    being used against them. 403 ``cross_origin`` otherwise.
+    """
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        host = _origin_of(origin)
+        if host is None or host not in _own_hosts(request):
+            raise ApiError(403, "cross_origin")
+        return
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        raise ApiError(403, "cross_origin")
+
+
+@web.middleware
+async def origin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every state-changing request, public or staff, comes from this site's own pages."""
+    if request.method not in _SAFE_METHODS and not (
+            request.path == "/whep" or request.path.startswith(_CROSS_ORIGIN_PATHS)):
+        check_same_origin(request)
+    return await handler(request)
 
 
 @web.middleware
@@ -112,12 +201,56 @@ async def read_json(request: web.Request, max_bytes: int = 64 * 1024) -> dict[st
     if len(raw) > max_bytes:
         raise ApiError(413, "request_too_large")
     try:
-        body = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:
+        # ValueError covers bad UTF-8, bad JSON and integers over Python's
+        # 4,300-digit limit; RecursionError, arrays nested thousands deep.
         raise ApiError(400, "invalid_json") from e
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json")
+    for key, value in body.items():
+        if problem := _unstorable(key) or _unstorable(value):
+            field = key.encode("utf-8", "replace").decode("utf-8")
+            raise ApiError(422 if problem == "invalid_unicode" else 400, problem,
+                           extra={"field": field})
     return body
+
+
+_MAX_DEPTH = 16
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON, though Python's parser takes them."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def _unstorable(value: Any, depth: int = 0) -> str | None:
+    """Why a JSON value cannot be taken as it is, or None.
+
+    JSON may escape half of a surrogate pair (``"\\ud800"``), which no UTF-8
+    database or socket can carry: such text is refused here, before it joins
+    other people's writes.
+    """
+    if isinstance(value, str):
+        if value.isascii():
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "invalid_unicode"
+        return None
+    if depth >= _MAX_DEPTH and isinstance(value, dict | list):
+        return "invalid_json"
+    if isinstance(value, dict):
+        items: list[Any] = [*value.keys(), *value.values()]
+    elif isinstance(value, list):
+        items = value
+    else:
+        return None
+    for item in items:
+        if problem := _unstorable(item, depth + 1):
+            return problem
+    return None
 
 
 async def current_staff(request: web.Request) -> Staff | None:
@@ -125,9 +258,6 @@ async def current_staff(request: web.Request) -> Staff | None:
         token = request.cookies.get(SESSION_COOKIE)
         request[_STAFF] = await request.app[keys.AUTH].staff_for_token(token)
     return request[_STAFF]
-
-
-_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 async def require_staff(request: web.Request, role: Role) -> Staff:

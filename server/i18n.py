@@ -173,6 +173,21 @@ ERRORS: Mapping[str, Mapping[str, str]] = {
     "viewers_full": {
         "fr": "Le direct est complet pour le moment : nouvel essai dans quelques secondes.",
         "en": "The live stream is full for now: trying again in a few seconds."},
+    "invalid_unicode": {
+        "fr": "Le texte envoyé contient des caractères qui ne sont pas de l'Unicode valide.",
+        "en": "The text sent contains characters that are not valid Unicode."},
+    "cross_origin": {
+        "fr": "Cette action doit venir des pages de ce site.",
+        "en": "This action must come from this site's own pages."},
+    "storage_unavailable": {
+        "fr": "L'enregistrement est momentanément impossible : réessayez dans quelques "
+              "secondes, rien n'a été perdu de ce qui était déjà enregistré.",
+        "en": "Saving is impossible for the moment: try again in a few seconds; nothing "
+              "already saved was lost."},
+    "question_not_stored": {
+        "fr": "Cette question n'a pas pu être enregistrée telle quelle : modifiez-la et "
+              "renvoyez-la.",
+        "en": "This question could not be saved as it is: change it and send it again."},
     "video_elsewhere": {
         "fr": "Ce processus ne sert pas la vidéo (--no-video) : le proxy doit envoyer /whip, "
               "/whep et /api/feeds au processus vidéo.",

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from schedule.model import Kind, Plan, Segment
@@ -49,7 +50,17 @@ class HttpSettings:
     """Set the ``Secure`` flag on cookies (true behind HTTPS in production)."""
     trust_forwarded: bool = False
     """Take the client address from ``X-Forwarded-For`` (only behind a proxy you run)."""
+    forwarded_hops: int = 1
+    """How many proxies of yours append to ``X-Forwarded-For``: the client's address is the
+    entry that many places from the right (entries further left are the client's own words)."""
     session_hours: float = 12.0
+    public_url: str = ""
+    """The site's address as viewers type it (``https://tv.example.org``): calendar links,
+    and the origin that public writes must come from. Empty: the request's own host."""
+    allowed_origins: tuple[str, ...] = ()
+    """Other origins whose pages may write (ask, vote) through a visitor's browser."""
+    frame_ancestors: tuple[str, ...] = ()
+    """Origins that may show the public pages in a frame (staff pages: never)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,10 @@ class QaSettings:
     per_viewer: RateLimit = RateLimit(5, 600)
     per_ip: RateLimit = RateLimit(100, 600)
     votes_per_viewer: RateLimit = RateLimit(120, 600)
+    votes_per_ip: RateLimit = RateLimit(600, 600)
+    """Every vote from one address (a venue behind one NAT votes a lot, a script more)."""
+    votes_per_ip_question: RateLimit = RateLimit(40, 3600)
+    """Votes one address may add to one question: fresh cookies cost nothing."""
     profanity: tuple[str, ...] = ()
     """Extra words or phrases, added to the built-in French and English lists."""
     duplicate_threshold: float = 0.75
@@ -176,7 +191,13 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
         port=r.integer("http.port", 8080, lo=1, hi=65535),
         secure_cookies=r.boolean("http.secure_cookies", False),
         trust_forwarded=r.boolean("http.trust_forwarded", False),
+        forwarded_hops=r.integer("http.forwarded_hops", 1, lo=1, hi=10),
         session_hours=r.number("http.session_hours", 12.0, lo=0.1),
+        public_url=_public_url(r.string("http.public_url", "")),
+        allowed_origins=tuple(_origin("http.allowed_origins", o)
+                              for o in r.str_list("http.allowed_origins", [])),
+        frame_ancestors=tuple(_origin("http.frame_ancestors", o)
+                              for o in r.str_list("http.frame_ancestors", [])),
     )
     qa = QaSettings(
         text_max=r.integer("qa.text_max", 500, lo=10, hi=10_000),
@@ -184,6 +205,8 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
         per_viewer=r.rate("qa.rate_per_viewer", RateLimit(5, 600)),
         per_ip=r.rate("qa.rate_per_ip", RateLimit(100, 600)),
         votes_per_viewer=r.rate("qa.votes_per_viewer", RateLimit(120, 600)),
+        votes_per_ip=r.rate("qa.votes_per_ip", RateLimit(600, 600)),
+        votes_per_ip_question=r.rate("qa.votes_per_ip_question", RateLimit(40, 3600)),
         profanity=tuple(r.str_list("qa.profanity", [])),
         duplicate_threshold=r.number("qa.duplicate_threshold", 0.75, lo=0.1, hi=1.0),
     )
@@ -235,6 +258,25 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
 
 _KNOWN_SECTIONS = {"event", "themes", "database", "redis", "http", "qa", "auth", "webrtc",
                    "logging", "programme", "segments", "feeds", "video"}
+
+
+def _origin(key: str, value: str) -> str:
+    """``scheme://host[:port]``, lower-cased, as browsers send it in ``Origin``."""
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
+            or parts.query or parts.fragment or parts.username:
+        raise ConfigError(f"{key}: {value!r} must be an origin like https://tv.example.org")
+    default_port = {"http": 80, "https": 443}[parts.scheme]
+    try:
+        port = parts.port
+    except ValueError as e:
+        raise ConfigError(f"{key}: {value!r} has an invalid port") from e
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default_port else "")
+
+
+def _public_url(value: str) -> str:
+    return _origin("http.public_url", value) if value else ""
 
 
 def _normalise_db_url(url: str, key: str = "database.url") -> str:
