@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import jinja2
 from aiohttp import web
 
 from server import keys
-from server.auth import SESSION_COOKIE, BadCredentials, Role, TooManyAttempts
+from server.auth import SESSION_COOKIE, BadCredentials, Role, TooManyAttempts, csrf_ok
 from server.http import ApiError, client_ip, current_staff, json_response, read_json, require_staff
 from server.i18n import LANGUAGES
 
@@ -62,24 +62,55 @@ async def overlay(request: web.Request) -> web.Response:
     return _render(request, "overlay.html")
 
 
-def _safe_next(value: str | None) -> str:
-    """Only same-site paths, so that /login cannot bounce anyone elsewhere."""
-    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
-        return value
-    return "/moderation"
+_HOME = "https://site.invalid"
+
+
+def safe_next(value: str | None, default: str = "/moderation") -> str:
+    """A path on this site, read as a browser reads a URL, or ``default``.
+
+    Browsers drop tabs and line breaks anywhere in a URL and read ``\\`` as
+    ``/``, so ``/%09/evil.example`` is ``//evil.example``: another site.
+    The value is resolved the way a browser would against this site, and
+    kept only if it stays here; what is returned is that resolved path.
+    """
+    if not value:
+        return default
+    cleaned = "".join(ch for ch in value if ch not in "\t\n\r").replace("\\", "/")
+    if not cleaned.startswith("/") or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in cleaned):
+        return default
+    resolved = urlsplit(urljoin(_HOME + "/", cleaned))
+    if f"{resolved.scheme}://{resolved.netloc}" != _HOME or resolved.path.startswith("//"):
+        return default
+    return urlunsplit(("", "", resolved.path or "/", resolved.query, resolved.fragment))
 
 
 @routes.get("/login")
 async def login_page(request: web.Request) -> web.Response:
-    return _render(request, "login.html", {"next": _safe_next(request.query.get("next"))})
+    return _render(request, "login.html", {"next": safe_next(request.query.get("next"))})
 
 
 @routes.get("/logout")
 async def logout_page(request: web.Request) -> web.Response:
-    token = request.cookies.get(SESSION_COOKIE)
-    if token:
-        await request.app[keys.AUTH].sign_out(token)
-    response = web.HTTPFound("/")
+    """A page with a sign-out button: a link from anywhere must not sign anyone out."""
+    staff = await current_staff(request)
+    if staff is None:
+        raise web.HTTPFound("/")
+    return _render(request, "logout.html", staff={"username": staff.username,
+                                                  "role": staff.role.value},
+                   csrf_token=staff.csrf_token)
+
+
+@routes.post("/logout")
+async def logout(request: web.Request) -> web.Response:
+    """The staff bar's sign-out form: the session's CSRF token, from this site only."""
+    staff = await current_staff(request)
+    if staff is not None:
+        form = await request.post()
+        given = form.get("csrf_token")
+        if not isinstance(given, str) or not csrf_ok(staff.csrf_token, given):
+            raise ApiError(403, "csrf_failed")
+        await request.app[keys.AUTH].sign_out(request.cookies[SESSION_COOKIE])
+    response = web.HTTPSeeOther("/")
     response.del_cookie(SESSION_COOKIE, path="/")
     raise response
 

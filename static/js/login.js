@@ -7,12 +7,21 @@ const password = document.getElementById("login-password");
 const submit = document.getElementById("login-submit");
 const errorNode = document.getElementById("login-error");
 
-/** Only a path on this site: never send a freshly signed-in moderator elsewhere. */
+/**
+ * Only a path on this site: never send a freshly signed-in moderator elsewhere.
+ * Parsed as the browser will parse it (it drops tabs and line breaks, reads
+ * "\\" as "/"), then kept only if it stays on this origin.
+ */
 function safeNext(next) {
-  if (typeof next !== "string" || !next.startsWith("/") || next.startsWith("//") || next.includes("\\")) {
+  if (typeof next !== "string" || !next.startsWith("/")) return "/moderation";
+  let url;
+  try {
+    url = new URL(next, window.location.origin);
+  } catch {
     return "/moderation";
   }
-  return next;
+  if (url.origin !== window.location.origin || url.pathname.startsWith("//")) return "/moderation";
+  return url.pathname + url.search + url.hash;
 }
 
 form.addEventListener("submit", async (event) => {
