@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
 
 from server import db
 from server.app import create_app
@@ -90,8 +91,22 @@ def main(argv: list[str] | None = None) -> int:
                                            "video": settings.video.serve})
     app = create_app(settings)
     app.on_startup.append(_freeze_startup_objects)
-    web.run_app(app, host=host, port=port, print=None, access_log=None, shutdown_timeout=5)
+    try:
+        web.run_app(app, host=host, port=port, print=None, access_log=None,
+                    shutdown_timeout=5)
+    except (SQLAlchemyError, OSError) as e:
+        # A read-only or missing database, a refused PostgreSQL, a port in
+        # use: one line that says what, not a traceback.
+        return _cannot_start(e)
     return 0
+
+
+def _cannot_start(error: BaseException) -> int:
+    reason = str(getattr(error, "orig", None) or error).splitlines()[0][:300]
+    what = "the database cannot be used" if isinstance(error, SQLAlchemyError) \
+        else "the server cannot start"
+    log.critical(f"{what}: {reason}", extra={"error": type(error).__name__})
+    return 3
 
 
 async def _freeze_startup_objects(_app: web.Application) -> None:
@@ -147,6 +162,8 @@ def _adduser(settings: Settings, name: str, role: Role, password_file: Path | No
     except AccountError as e:
         print(f"cannot add {name}: {e}", file=sys.stderr)
         return 2
+    except (SQLAlchemyError, OSError) as e:
+        return _cannot_start(e)
     print(f"{'created' if created else 'updated'} {role.value} account {name!r}")
     return 0
 
@@ -166,7 +183,10 @@ def _feed_token(settings: Settings, feed: str, rotate: bool) -> int:
         finally:
             await engine.dispose()
 
-    token = asyncio.run(go())
+    try:
+        token = asyncio.run(go())
+    except (SQLAlchemyError, OSError) as e:
+        return _cannot_start(e)
     if rotate:
         # The running server notices within seconds and ends the session
         # that was published with the old token.

@@ -116,6 +116,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
 async def _database(app: web.Application) -> AsyncIterator[None]:
     async for engine in db.engine_context(app[keys.SETTINGS].database_url):
         app[keys.ENGINE] = engine
+        app[keys.DB_WRITES] = db.WriteHealth(engine)
         yield
 
 
@@ -221,6 +222,12 @@ async def healthz(request: web.Request) -> web.Response:
     if not await db.ping(request.app[keys.ENGINE]):
         return json_response({"status": "unavailable", "error": "service_unavailable",
                               "message": "the database cannot be reached"}, status=503)
+    writes = request.app[keys.DB_WRITES]
+    await writes.probe(request.app[keys.CLOCK].now())
+    if writes.failure is not None:
+        return json_response({"status": "unavailable", "error": "service_unavailable",
+                              "message": f"the database refuses writes: {writes.failure}"},
+                             status=503)
     if not request.app[keys.PROGRAMME].running:
         return json_response({"status": "unavailable", "error": "service_unavailable",
                               "message": "the programme engine is not running"}, status=503)

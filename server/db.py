@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
+import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, text
-from sqlalchemy.engine import Connection
+from sqlalchemy import Column, Integer, MetaData, Table, delete, event, insert, text
+from sqlalchemy.engine import Connection, ExceptionContext
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from server.dbtypes import UtcDateTime
 
 log = logging.getLogger("tv.db")
 
@@ -86,6 +92,56 @@ def _lock_file(path: Path) -> IO[bytes]:
     handle = path.open("ab")
     fcntl.flock(handle, fcntl.LOCK_EX)
     return handle
+
+
+_probe = Table("health_probe", MetaData(),
+               Column("id", Integer, primary_key=True, autoincrement=False),
+               Column("written_at", UtcDateTime, nullable=False))
+
+
+class WriteHealth:
+    """Whether the database takes writes: a full disk or a read-only file fails
+    every write while reads, and so a plain ping, still succeed.
+
+    A failed write marks it failing; a commit clears it. While it fails,
+    ``probe`` tries one tiny write, at most every ``PROBE_EVERY_S``, so that a
+    health check sees the disk freed even when no other write comes.
+    """
+
+    PROBE_EVERY_S = 5.0
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.failure: str | None = None
+        """Why the last write failed, or None when the last one went through."""
+        self._probed_at = float("-inf")
+        event.listen(engine.sync_engine, "handle_error", self._on_error)
+        event.listen(engine.sync_engine, "commit", self._on_commit)
+
+    def _on_error(self, context: ExceptionContext) -> None:
+        statement = (context.statement or "").lstrip().upper()
+        if statement.startswith("SELECT") or not isinstance(
+                context.sqlalchemy_exception, OperationalError):
+            return
+        if self.failure is None:
+            log.error("the database refuses writes", extra={
+                "reason": str(context.original_exception)[:200]})
+        self.failure = str(context.original_exception)[:200]
+
+    def _on_commit(self, _conn: Connection) -> None:
+        if self.failure is not None:
+            log.warning("the database takes writes again")
+        self.failure = None
+
+    async def probe(self, now: datetime) -> None:
+        """While writes fail, try one (rewriting the probe row), now and then."""
+        if self.failure is None or time.monotonic() - self._probed_at < self.PROBE_EVERY_S:
+            return
+        self._probed_at = time.monotonic()
+        with contextlib.suppress(Exception):  # still failing: the flag stays, with its reason
+            async with self.engine.begin() as conn:
+                await conn.execute(delete(_probe))
+                await conn.execute(insert(_probe).values(id=1, written_at=now))
 
 
 async def ping(engine: AsyncEngine) -> bool:

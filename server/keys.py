@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from schedule.service import ProgrammeService
     from server.auth import AuthService
     from server.clock import Clock
+    from server.db import WriteHealth
     from server.events import EventBus
     from server.i18n import Catalog
     from server.metrics import Metrics
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 ENGINE: web.AppKey[AsyncEngine] = web.AppKey("engine")
+DB_WRITES: web.AppKey[WriteHealth] = web.AppKey("db_writes")
 REDIS: web.AppKey[Redis | None] = web.AppKey("redis")
 BUS: web.AppKey[EventBus] = web.AppKey("bus")
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
