@@ -30,6 +30,7 @@ from server.http import (
     origin_middleware,
 )
 from server.i18n import Catalog
+from server.logs import quiet_refused_requests
 from server.metrics import Metrics, metrics_handler, metrics_middleware
 from server.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from server.realtime import Broadcaster, create_sio, register_namespaces
@@ -73,6 +74,7 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
 
 def create_app(settings: Settings, clock: Clock | None = None) -> web.Application:
     """Build the whole server for ``settings``; resources open on startup."""
+    quiet_refused_requests()
     app = web.Application(middlewares=[security_headers, identity_middleware,
                                        metrics_middleware, tv_routes.cors_middleware,
                                        errors_middleware, origin_middleware],

@@ -8,6 +8,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
@@ -37,6 +39,30 @@ class TextFormatter(logging.Formatter):
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
+
+
+class _RefusedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (a 9 KB URL, a broken header) as an
+    error with a traceback; it has already answered 400. One warning line says it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.msg, record.args = "malformed HTTP request refused (400): %s", (
+                str(error.message)[:120],)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_REFUSED = _RefusedRequests()
+
+
+def quiet_refused_requests() -> None:
+    """Install the filter above on aiohttp's server logger (idempotent)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if _REFUSED not in server_log.filters:
+        server_log.addFilter(_REFUSED)
 
 
 def configure(fmt: str, level: str) -> None:
