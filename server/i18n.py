@@ -173,6 +173,11 @@ ERRORS: Mapping[str, Mapping[str, str]] = {
     "viewers_full": {
         "fr": "Le direct est complet pour le moment : nouvel essai dans quelques secondes.",
         "en": "The live stream is full for now: trying again in a few seconds."},
+    "too_many_sessions": {
+        "fr": "Trop de lecteurs du direct ouverts depuis votre adresse : fermez-en un ou "
+              "réessayez dans quelques secondes.",
+        "en": "Too many players of the live stream are open from your address: close one or "
+              "try again in a few seconds."},
     "video_elsewhere": {
         "fr": "Ce processus ne sert pas la vidéo (--no-video) : le proxy doit envoyer /whip, "
               "/whep et /api/feeds au processus vidéo.",

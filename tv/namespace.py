@@ -24,6 +24,7 @@ from server import keys
 from server.events import EventBus
 from tv.events import FeedCued, FeedStateChanged
 from tv.model import FeedStats, Tally, tally
+from tv.store import well_formed_token
 
 log = logging.getLogger("tv.video")
 
@@ -143,7 +144,9 @@ class ContributeNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self._feed_of: dict[str, str] = {}
 
     async def _authorised_feed(self, auth: Any) -> str | None:
-        if not isinstance(auth, dict) or not isinstance(auth.get("token"), str):
+        # A token that cannot be one (a lone surrogate, a megabyte) is refused
+        # here: comparing it would raise, and the client gets the error object.
+        if not isinstance(auth, dict) or not well_formed_token(auth.get("token")):
             return None
         token, feed = auth["token"], auth.get("feed")
         tokens, settings = self.app[keys.FEED_TOKENS], self.app[keys.SETTINGS]
