@@ -159,9 +159,12 @@ class ContributeNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         feed = await self._authorised_feed(auth)
         if feed is None:
+            # Socket.IO's refusal is {"message", "data"}: the sentence, and the
+            # contract's error object as its data (a lone dict would be sent as
+            # its Python repr in "message").
+            sentence = "connect with your feed's token: auth {token, feed}"
             raise socketio.exceptions.ConnectionRefusedError(
-                {"error": "not_authenticated",
-                 "message": "connect with your feed's token: auth {token, feed}"})
+                sentence, {"error": "not_authenticated", "message": sentence})
         self._feed_of[sid] = feed
         self.app[keys.PUBLISHERS].socket_joined(sid, feed, auth["token"])
         self.pushes.local[feed] += 1

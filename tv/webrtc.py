@@ -174,20 +174,25 @@ class Screened:
 
 def _unusable(value: str) -> str | None:
     """Why the server must not send to this ``a=candidate:`` value; None if it may."""
+    # foundation component transport priority address port "typ" type ...
+    # (RFC 8839); aiortc's own parser asserts, so it is read here first.
+    bits = value.split()
     try:
-        candidate = aiosdp.candidate_from_sdp(value)
-    except (ValueError, IndexError):
+        if len(bits) < 8 or bits[6] != "typ":
+            raise ValueError(value)
+        component, _priority, port = int(bits[1]), int(bits[3]), int(bits[5])
+    except ValueError:
         return "malformed"
     # aiortc gathers UDP candidates for one component (RTP and RTCP muxed):
     # anything else can never be paired, so it would only use up a place.
-    if candidate.protocol.lower() != "udp" or candidate.component != 1:
+    if bits[2].lower() != "udp" or component != 1:
         return "unpairable"
-    if not 1 <= candidate.port <= 65535:
+    if not 1 <= port <= 65535:
         return "bad_port"
-    if is_mdns_hostname(candidate.ip):
+    if is_mdns_hostname(bits[4]):
         return None  # a browser hiding its address: resolved on the local network
     try:
-        address = ipaddress.ip_address(candidate.ip)
+        address = ipaddress.ip_address(bits[4])
     except ValueError:
         return "not_an_address"  # a host name: resolving it would block the server
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
