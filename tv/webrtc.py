@@ -204,7 +204,8 @@ def _unusable(value: str) -> str | None:
 
 
 def screen_candidates(offer_sdp: str, per_section: int) -> Screened:
-    """Keep the first ``per_section`` usable ICE candidates of each media section.
+    """Keep the first ``per_section`` usable ICE candidates of each media section;
+    InvalidSdp if one cannot be read at all.
 
     The server sends connectivity checks, each retransmitted, to every
     candidate an offer lists: an anonymous offer must not point them at
@@ -220,6 +221,8 @@ def screen_candidates(offer_sdp: str, per_section: int) -> Screened:
             in_section = 0
         elif line.startswith("a=candidate:"):
             reason = _unusable(line[len("a=candidate:"):].strip())
+            if reason == "malformed":  # refused, as aiortc's own parser would refuse it
+                raise InvalidSdp(f"an ICE candidate cannot be read: {line.strip()[:200]!r}")
             if reason is None and in_section >= per_section:
                 reason = "over_limit"
             if reason is not None:
