@@ -23,6 +23,7 @@ from tv.errors import SessionNotFound, TooManySessions, UnknownFeed, ViewersFull
 from tv.events import FeedStateChanged
 from tv.fanout import Delivery
 from tv.ingest import FeedSource, IngestSession
+from tv.lifetime import Lifetimes
 from tv.model import FeedState, FeedStats, RecentlyEnded
 from tv.programme import Channel
 from tv.slate import Slate
@@ -70,9 +71,7 @@ class TvService:
         """Ended WHIP sessions and their feed."""
         self._ended_viewing = RecentlyEnded(ENDED_MEMORY)
         """Ended WHEP sessions and their channel."""
-        self._deadlines: dict[str, asyncio.TimerHandle] = {}
-        """Per session not connected yet: when it is given up."""
-        self._closing: set[asyncio.Task[None]] = set()
+        self._lifetimes = Lifetimes(settings.webrtc.connect_timeout_s)
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -97,10 +96,7 @@ class TvService:
                 await self._stats_task
         await asyncio.gather(*(self._end_viewer(v) for v in list(self._viewers.values())),
                              *(self._end_session(s) for s in list(self._sessions.values())))
-        for deadline in self._deadlines.values():
-            deadline.cancel()
-        self._deadlines.clear()
-        await asyncio.gather(*self._closing, return_exceptions=True)
+        await self._lifetimes.stop()
         for channel in list(self._channels.values()):
             await channel.stop()
         self._channels.clear()
@@ -133,14 +129,15 @@ class TvService:
         kinds = parse_offer(offer_sdp, WHIP)
         pc = self._peer_connection()
         session = IngestSession(source, pc, self._set_state)
-        self._on_connection(pc, session.id, {"feed": feed, "session": session.id},
-                            ended=lambda: self._end_session(session))
+        self._lifetimes.follow(pc, session.id, {"feed": feed, "session": session.id},
+                               ended=lambda: self._end_session(session))
         try:
             for kind in kinds:
                 transceiver = pc.addTransceiver(kind, direction="recvonly")
                 transceiver.setCodecPreferences(WHIP.codecs(kind))
             answer_sdp = await answer(pc, offer_sdp)
         except BaseException:
+            self._lifetimes.forget(session.id)
             await pc.close()
             raise
         previous, source.session = source.session, session
@@ -210,10 +207,10 @@ class TvService:
         pc = self._peer_connection()
         viewer = Viewer(pc, key, channel.request_keyframe, channel.histories, origin)
         self._viewers[viewer.id] = viewer
-        self._on_connection(pc, viewer.id, {"channel": key, "session": viewer.id,
-                                            "origin": origin},
-                            ended=lambda: self._end_viewer(viewer),
-                            connected=lambda: channel.attach(viewer))
+        self._lifetimes.follow(pc, viewer.id, {"channel": key, "session": viewer.id,
+                                               "origin": origin},
+                               ended=lambda: self._end_viewer(viewer),
+                               connected=lambda: channel.attach(viewer))
         try:
             answer_sdp = await viewer.negotiate(offer_sdp)
         except BaseException:
@@ -256,53 +253,6 @@ class TvService:
 
     def _peer_connection(self) -> RTCPeerConnection:
         return RTCPeerConnection(rtc_configuration(self.settings.webrtc.ice_servers))
-
-    def _on_connection(self, pc: RTCPeerConnection, session_id: str, context: dict[str, Any],
-                       ended: Callable[[], Awaitable[None]],
-                       connected: Callable[[], None] | None = None) -> None:
-        """Follow a session's connection: attach it once connected, end it once closed.
-
-        An offer whose peer never connects (no candidates, or a peer gone
-        before ICE ends) would otherwise hold its place for ever: aioice keeps
-        waiting for more candidates, as trickle ICE allows.
-        """
-        timeout = self.settings.webrtc.connect_timeout_s
-        self._deadlines[session_id] = asyncio.get_running_loop().call_later(
-            timeout, self._never_connected, pc, session_id, {**context, "timeout_s": timeout})
-
-        @pc.on("connectionstatechange")
-        async def changed() -> None:
-            state = pc.connectionState
-            if state == "connected":
-                self._cancel_deadline(session_id)
-                if connected is not None:
-                    connected()
-            elif state == "failed":
-                # After ICE consent expired (the peer vanished), or DTLS failed.
-                log.warning("a peer stopped answering: closing its session", extra=context)
-                await pc.close()
-            elif state == "closed":
-                self._cancel_deadline(session_id)
-                try:
-                    await ended()
-                except Exception:
-                    log.exception("cleaning up after a closed connection failed")
-
-    def _never_connected(self, pc: RTCPeerConnection, session_id: str,
-                         context: dict[str, Any]) -> None:
-        self._deadlines.pop(session_id, None)
-        if pc.connectionState in ("connected", "closed"):
-            return
-        log.warning("a peer never connected: closing its session, its place is free again",
-                    extra=context)
-        task = asyncio.create_task(pc.close(), name="close-unconnected-peer")
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-
-    def _cancel_deadline(self, session_id: str) -> None:
-        deadline = self._deadlines.pop(session_id, None)
-        if deadline is not None:
-            deadline.cancel()
 
     def _check_room(self, origin: str | None) -> None:
         """ViewersFull when the process is full, TooManySessions when ``origin`` is."""
@@ -361,7 +311,7 @@ class TvService:
         """Close a publisher's connection; the feed goes offline if it was the current one."""
         self._sessions.pop(session.id, None)
         self._ended_publishing.add(session.id, session.source.id)
-        self._cancel_deadline(session.id)
+        self._lifetimes.forget(session.id)
         if session.current:
             session.source.session = None  # first: its last frames must not revive the feed
             await self._announce(session.source, FeedState.OFFLINE)
@@ -371,7 +321,7 @@ class TvService:
         if self._viewers.pop(viewer.id, None) is None:
             return  # ended already (closing the connection reports here again)
         self._ended_viewing.add(viewer.id, viewer.channel)
-        self._cancel_deadline(viewer.id)
+        self._lifetimes.forget(viewer.id)
         self._delivered_before.add(viewer.delivery())
         channel = self._channels.get(viewer.channel)
         if channel is not None:

@@ -162,7 +162,8 @@ def blackhole(viewer: Viewer) -> None:
 
 
 async def test_a_viewer_whose_peer_vanishes_is_dropped_after_the_consent_timeout(
-        tmp_path, start_server):
+        tmp_path, start_server, caplog):
+    caplog.set_level(logging.INFO, logger="tv.service")
     server = await start_server(settings_for(
         tmp_path, video={**SMALL_VIDEO, "max_viewers": 1},
         webrtc={"consent_timeout_s": CONSENT_TIMEOUT_S}))
@@ -181,6 +182,9 @@ async def test_a_viewer_whose_peer_vanishes_is_dropped_after_the_consent_timeout
         async with closing(viewer):
             await viewer.first_frame()
         assert loop.time() - start >= CONSENT_TIMEOUT_S / 2  # consent, not something sooner
+        assert any(r.getMessage().startswith("a peer's connection closed without a DELETE")
+                   and getattr(r, "session", None) == gone.location.rsplit("/", 1)[1]
+                   for r in caplog.records)
         status, _, _ = await send(base, "DELETE", gone.location)
         assert status == 200
 
