@@ -23,7 +23,8 @@ from aiortc import MediaStreamTrack, RTCRtpSender, RTCSessionDescription
 
 from server import keys
 from server.auth import Role
-from server.settings import Settings
+from server.settings import ConfigError, Settings, load_settings
+from tests.helpers import ROOT
 from tests.helpers import test_settings as settings_for
 from tests.tv.test_edges import Contributor, eventually
 from tests.tv.test_protocol import (
@@ -381,3 +382,26 @@ async def test_a_contributor_socket_with_a_lone_surrogate_is_refused_cleanly(
         assert (await contributor.next("tally"))["feed"] == "afrique"
     finally:
         await contributor.close()
+
+
+# --- the settings ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("section", "values", "key"), [
+    ("webrtc", {"connect_timeout_s": 0}, "webrtc.connect_timeout_s"),
+    ("webrtc", {"consent_timeout_s": 1}, "webrtc.consent_timeout_s"),
+    ("webrtc", {"max_candidates": 0}, "webrtc.max_candidates"),
+    ("video", {"viewers_per_address": -1}, "video.viewers_per_address"),
+    ("video", {"whep_rate": {"count": 0, "window_s": 60}}, "video.whep_rate"),
+])
+def test_the_new_limits_are_checked_and_the_error_names_the_key(tmp_path, section, values,
+                                                                  key):
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        settings_for(tmp_path, **{section: values})
+
+
+def test_the_shows_configuration_sets_the_limits(tmp_path):
+    settings = load_settings(ROOT / "config.toml")
+    assert (settings.webrtc.connect_timeout_s, settings.webrtc.consent_timeout_s,
+            settings.webrtc.max_candidates) == (15, 30, 8)
+    assert settings.video.viewers_per_address == 20
+    assert (settings.video.whep_rate.count, settings.video.whep_rate.window_s) == (30, 60)
