@@ -188,6 +188,11 @@ ERRORS: Mapping[str, Mapping[str, str]] = {
         "fr": "Cette question n'a pas pu être enregistrée telle quelle : modifiez-la et "
               "renvoyez-la.",
         "en": "This question could not be saved as it is: change it and send it again."},
+    "too_many_sessions": {
+        "fr": "Trop de lecteurs du direct ouverts depuis votre adresse : fermez-en un ou "
+              "réessayez dans quelques secondes.",
+        "en": "Too many players of the live stream are open from your address: close one or "
+              "try again in a few seconds."},
     "video_elsewhere": {
         "fr": "Ce processus ne sert pas la vidéo (--no-video) : le proxy doit envoyer /whip, "
               "/whep et /api/feeds au processus vidéo.",

@@ -105,12 +105,22 @@ class VideoSettings:
     """Whether this process takes WHIP and WHEP (run.py --no-video: the others)."""
     max_viewers: int = 300
     """WHEP viewers at most in this process (0: no limit); the next ones wait."""
+    viewers_per_address: int = 20
+    """Public WHEP sessions one address (one IPv6 /64) may hold at once (0: no limit)."""
+    whep_rate: RateLimit = RateLimit(30, 60)
+    """Public WHEP offers one address (one IPv6 /64) may make per window."""
 
 
 @dataclass(frozen=True)
 class WebRtcSettings:
     host_addresses: tuple[str, ...] = ()
     ice_servers: tuple[dict[str, Any], ...] = ()
+    connect_timeout_s: float = 15.0
+    """A WHIP or WHEP session not connected this long after its offer is closed."""
+    consent_timeout_s: float = 30.0
+    """A connected peer that answers no ICE consent check for this long is dropped (RFC 7675)."""
+    max_candidates: int = 8
+    """ICE candidates taken from each media section of an offer; the rest are dropped."""
 
 
 @dataclass(frozen=True)
@@ -214,6 +224,9 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
     webrtc = WebRtcSettings(
         host_addresses=tuple(r.str_list("webrtc.host_addresses", [])),
         ice_servers=tuple(r.table_list("webrtc.ice_servers")),
+        connect_timeout_s=r.number("webrtc.connect_timeout_s", 15.0, lo=1.0, hi=120.0),
+        consent_timeout_s=r.number("webrtc.consent_timeout_s", 30.0, lo=2.0, hi=300.0),
+        max_candidates=r.integer("webrtc.max_candidates", 8, lo=1, hi=64),
     )
     video = VideoSettings(
         width=r.integer("video.width", 1280, lo=160, hi=3840),
@@ -224,6 +237,8 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
         audio_frame_ms=r.integer("video.audio_frame_ms", 60, lo=20, hi=60),
         serve=r.boolean("video.serve", True),
         max_viewers=r.integer("video.max_viewers", 300, lo=0, hi=100_000),
+        viewers_per_address=r.integer("video.viewers_per_address", 20, lo=0, hi=100_000),
+        whep_rate=r.rate("video.whep_rate", RateLimit(30, 60)),
     )
     if video.audio_frame_ms not in (20, 40, 60):
         raise ConfigError("video.audio_frame_ms must be 20, 40 or 60")

@@ -42,3 +42,10 @@ class ViewersFull(TvError):
     """
 
     code = "viewers_full"
+
+
+class TooManySessions(TvError):
+    """This address holds as many viewing sessions as ``[video] viewers_per_address``
+    allows (HTTP 429): one visitor must not take every place."""
+
+    code = "too_many_sessions"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from collections import deque
+import ipaddress
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,3 +105,42 @@ def tally(feed: str, on_air_source: str | None, next_source: str | None) -> Tall
     if feed == next_source:
         return Tally.NEXT
     return Tally.OFF
+
+
+def address_group(address: str) -> str:
+    """Who counts as one client for the per-address limits.
+
+    An IPv4 address as it is; an IPv6 address by its /64, the network one
+    subscriber is given and whose 2**64 addresses any one host may use.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip.packed, 64), strict=False))
+    return str(ip)
+
+
+class RecentlyEnded:
+    """The last ``size`` sessions that ended, each with its owner (a feed, a channel).
+
+    A DELETE on a session that has ended answers as on a live one: a player
+    whose connection the server closed still says goodbye, and must not be
+    told that its session never existed.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._owners: OrderedDict[str, str] = OrderedDict()
+
+    def add(self, session_id: str, owner: str) -> None:
+        self._owners[session_id] = owner
+        self._owners.move_to_end(session_id)
+        while len(self._owners) > self._size:
+            self._owners.popitem(last=False)
+
+    def owner(self, session_id: str) -> str | None:
+        return self._owners.get(session_id)

@@ -24,6 +24,7 @@ from server import keys
 from server.events import EventBus
 from tv.events import FeedCued, FeedStateChanged
 from tv.model import FeedStats, Tally, tally
+from tv.store import well_formed_token
 
 log = logging.getLogger("tv.video")
 
@@ -143,7 +144,9 @@ class ContributeNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self._feed_of: dict[str, str] = {}
 
     async def _authorised_feed(self, auth: Any) -> str | None:
-        if not isinstance(auth, dict) or not isinstance(auth.get("token"), str):
+        # A token that cannot be one (a lone surrogate, a megabyte) is refused
+        # here: comparing it would raise, and the client gets the error object.
+        if not isinstance(auth, dict) or not well_formed_token(auth.get("token")):
             return None
         token, feed = auth["token"], auth.get("feed")
         tokens, settings = self.app[keys.FEED_TOKENS], self.app[keys.SETTINGS]
@@ -156,9 +159,12 @@ class ContributeNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         feed = await self._authorised_feed(auth)
         if feed is None:
+            # Socket.IO's refusal is {"message", "data"}: the sentence, and the
+            # contract's error object as its data (a lone dict would be sent as
+            # its Python repr in "message").
+            sentence = "connect with your feed's token: auth {token, feed}"
             raise socketio.exceptions.ConnectionRefusedError(
-                {"error": "not_authenticated",
-                 "message": "connect with your feed's token: auth {token, feed}"})
+                sentence, {"error": "not_authenticated", "message": sentence})
         self._feed_of[sid] = feed
         self.app[keys.PUBLISHERS].socket_joined(sid, feed, auth["token"])
         self.pushes.local[feed] += 1

@@ -27,19 +27,20 @@ from server import keys
 from server.auth import Role
 from server.http import ApiError, Handler, client_ip, json_response, read_json, require_staff
 from server.pages import _render
-from server.settings import RateLimit
 from tv.errors import (
     InvalidSdp,
     SessionNotFound,
+    TooManySessions,
     TvError,
     UnknownFeed,
     UnsupportedMedia,
     ViewersFull,
 )
 from tv.events import FeedCued
+from tv.model import address_group
 from tv.namespace import CONTRIBUTE
 from tv.service import TvService
-from tv.store import same_token
+from tv.store import same_token, well_formed_token
 
 log = logging.getLogger("tv.video")
 
@@ -47,11 +48,9 @@ routes = web.RouteTableDef()
 
 SDP = "application/sdp"
 MAX_SDP_BYTES = 64 * 1024
-# Public WHEP offers per address: a page reload or two, not a flood of peer
-# connections (each one costs the server an encoder's output and a socket).
-WATCH_LIMIT = RateLimit(30, 60)
-# When the process has all the viewers it may serve, a new one is told to come
-# back in this many seconds (players retry by themselves).
+# When the process has all the viewers it may serve, or the viewer's address
+# all the sessions it may hold, a new one is told to come back in this many
+# seconds (players retry by themselves).
 FULL_RETRY_S = 15
 CUE_MAX = 200
 # How often the server looks for rotated tokens (run.py feed-token --rotate
@@ -190,6 +189,11 @@ async def _tv_errors() -> AsyncIterator[None]:
         log.warning("viewer turned away: this process is full", extra={"reason": str(e)})
         raise ApiError(503, "viewers_full", headers={"Retry-After": str(FULL_RETRY_S)},
                        extra={"retry_after_s": FULL_RETRY_S}) from e
+    except TooManySessions as e:
+        log.warning("viewer turned away: its address holds its share of the places",
+                    extra={"reason": str(e)})
+        raise ApiError(429, "too_many_sessions", headers={"Retry-After": str(FULL_RETRY_S)},
+                       extra={"retry_after_s": FULL_RETRY_S}) from e
     except TvError as e:
         raise ApiError(409, e.code) from e
 
@@ -214,9 +218,14 @@ def _require_sdp(request: web.Request) -> None:
 
 
 def _bearer(request: web.Request) -> str | None:
+    """The bearer token, if the header holds one that could be a feed's.
+
+    aiohttp reads header bytes that are not UTF-8 as lone surrogates, which
+    no token holds: refused here, before any comparison or database.
+    """
     scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
     token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
+    return token if scheme.lower() == "bearer" and well_formed_token(token) else None
 
 
 async def _require_token(request: web.Request, feed: str) -> str:
@@ -315,10 +324,11 @@ async def whip_session_options(request: web.Request) -> web.Response:
 
 # --- WHEP: viewers watch -------------------------------------------------------
 
-async def _watch(request: web.Request, feed: str | None) -> web.Response:
+async def _watch(request: web.Request, feed: str | None,
+                 origin: str | None = None) -> web.Response:
     offer = await _read_sdp(request)
     async with _tv_errors():
-        answer, session_id = await _tv(request).watch(offer, feed)
+        answer, session_id = await _tv(request).watch(offer, feed, origin)
     return _created(request, answer, f"/whep/sessions/{session_id}")
 
 
@@ -326,12 +336,14 @@ async def _watch(request: web.Request, feed: str | None) -> web.Response:
 async def whep_programme(request: web.Request) -> web.Response:
     _tv(request)  # 503 at once in a process without video (--no-video)
     _require_sdp(request)
-    wait = await request.app[keys.LIMITER].hit(f"whep:{client_ip(request)}", WATCH_LIMIT)
+    origin = address_group(client_ip(request))
+    limit = request.app[keys.SETTINGS].video.whep_rate
+    wait = await request.app[keys.LIMITER].hit(f"whep:{origin}", limit)
     if wait is not None:
         seconds = max(1, math.ceil(wait))
         raise ApiError(429, "watch_rate_limited", headers={"Retry-After": str(seconds)},
                        extra={"retry_after_s": seconds}, seconds=seconds)
-    return await _watch(request, None)
+    return await _watch(request, None, origin)
 
 
 @routes.post("/whep/{feed}")
@@ -429,8 +441,9 @@ async def contribute_page(request: web.Request) -> web.Response:
     feed = request.app[keys.SETTINGS].feed(feed_id)
     if feed is None:
         raise ApiError(404, "unknown_feed")
-    given = request.query.get("token")
-    valid = bool(given) and await request.app[keys.FEED_TOKENS].verify(feed_id, given)
+    given = request.query.get("token", "")
+    valid = well_formed_token(given) and await request.app[keys.FEED_TOKENS].verify(feed_id,
+                                                                                     given)
     lang = request[keys.LANG]
     response = _render(request, "contribute.html", {
         "feed": feed.id, "feed_name": feed.name(lang), "feed_name_fr": feed.name_fr,

@@ -13,16 +13,18 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from typing import Any
 
 from aiortc import RTCPeerConnection
 
 from server.clock import Clock
 from server.settings import Settings
-from tv.errors import SessionNotFound, UnknownFeed, ViewersFull
+from tv.errors import SessionNotFound, TooManySessions, UnknownFeed, ViewersFull
 from tv.events import FeedStateChanged
 from tv.fanout import Delivery
 from tv.ingest import FeedSource, IngestSession
-from tv.model import FeedState, FeedStats
+from tv.lifetime import Lifetimes
+from tv.model import FeedState, FeedStats, RecentlyEnded
 from tv.programme import Channel
 from tv.slate import Slate
 from tv.webrtc import (
@@ -33,6 +35,8 @@ from tv.webrtc import (
     register_h264_profiles,
     restrict_host_addresses,
     rtc_configuration,
+    screen_candidates,
+    set_consent_timeout,
 )
 from tv.whep import Viewer
 
@@ -44,6 +48,8 @@ PROGRAMME = "programme"
 STATS_PERIOD_S = 1.0
 STALL_S = 5.0
 """A connected publisher whose pictures stopped this long ago is offline."""
+ENDED_MEMORY = 10_000
+"""Ended sessions remembered, so that a late DELETE answers 200 (about 1 MB)."""
 
 
 class TvService:
@@ -59,7 +65,13 @@ class TvService:
         self._channels: dict[str, Channel] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._undo_ice: Callable[[], None] | None = None
+        self._undo_consent: Callable[[], None] | None = None
         self._stats_task: asyncio.Task[None] | None = None
+        self._ended_publishing = RecentlyEnded(ENDED_MEMORY)
+        """Ended WHIP sessions and their feed."""
+        self._ended_viewing = RecentlyEnded(ENDED_MEMORY)
+        """Ended WHEP sessions and their channel."""
+        self._lifetimes = Lifetimes(settings.webrtc.connect_timeout_s)
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -67,6 +79,7 @@ class TvService:
         """Start the programme's clocks and encoders; offer only the configured addresses."""
         if self.settings.webrtc.host_addresses:
             self._undo_ice = restrict_host_addresses(self.settings.webrtc.host_addresses)
+        self._undo_consent = set_consent_timeout(self.settings.webrtc.consent_timeout_s)
         register_h264_profiles()
         # One encoding thread for every channel: two channels may encode the
         # same source frame, and encoding stamps it; x264 has its own threads.
@@ -83,6 +96,7 @@ class TvService:
                 await self._stats_task
         await asyncio.gather(*(self._end_viewer(v) for v in list(self._viewers.values())),
                              *(self._end_session(s) for s in list(self._sessions.values())))
+        await self._lifetimes.stop()
         for channel in list(self._channels.values()):
             await channel.stop()
         self._channels.clear()
@@ -92,6 +106,9 @@ class TvService:
         if self._undo_ice is not None:
             self._undo_ice()
             self._undo_ice = None
+        if self._undo_consent is not None:
+            self._undo_consent()
+            self._undo_consent = None
 
     @property
     def running(self) -> bool:
@@ -108,16 +125,19 @@ class TvService:
         keeps pointing at the feed and shows the newcomer's pictures.
         """
         source = self._source(feed)
+        offer_sdp = self._screen(offer_sdp, {"feed": feed})
         kinds = parse_offer(offer_sdp, WHIP)
         pc = self._peer_connection()
         session = IngestSession(source, pc, self._set_state)
-        self._on_connection(pc, ended=lambda: self._end_session(session))
+        self._lifetimes.follow(pc, session.id, {"feed": feed, "session": session.id},
+                               ended=lambda: self._end_session(session))
         try:
             for kind in kinds:
                 transceiver = pc.addTransceiver(kind, direction="recvonly")
                 transceiver.setCodecPreferences(WHIP.codecs(kind))
             answer_sdp = await answer(pc, offer_sdp)
         except BaseException:
+            self._lifetimes.forget(session.id)
             await pc.close()
             raise
         previous, source.session = source.session, session
@@ -130,9 +150,11 @@ class TvService:
         return answer_sdp, session.id
 
     async def unpublish(self, feed: str, session_id: str) -> None:
-        """End a publishing session (WHIP DELETE)."""
+        """End a publishing session (WHIP DELETE); one that has ended already is fine."""
         session = self._sessions.get(session_id)
         if session is None or session.source.id != feed:
+            if self._ended_publishing.owner(session_id) == feed:
+                return
             raise SessionNotFound(f"no publishing session {session_id} on {feed}")
         await self._end_session(session)
 
@@ -169,23 +191,26 @@ class TvService:
 
     # --- viewers (WHEP) ----------------------------------------------------------
 
-    async def watch(self, offer_sdp: str, feed: str | None = None) -> tuple[str, str]:
+    async def watch(self, offer_sdp: str, feed: str | None = None,
+                    origin: str | None = None) -> tuple[str, str]:
         """Take a viewer's offer; return (answer SDP, session id).
 
         ``feed`` None: the programme; a feed id: that source alone (staff), as
-        its own channel, encoded once however many staff watch it.
+        its own channel, encoded once however many staff watch it. ``origin``:
+        the anonymous viewer's address group (tv.model.address_group), which
+        may hold ``[video] viewers_per_address`` sessions at once.
         """
         key = PROGRAMME if feed is None else self._source(feed).id
-        limit = self.settings.video.max_viewers
-        if limit and len(self._viewers) >= limit:
-            raise ViewersFull(f"{len(self._viewers)} viewers already, the most this "
-                              "process serves ([video] max_viewers)")
+        self._check_room(origin)
+        offer_sdp = self._screen(offer_sdp, {"channel": key, "origin": origin})
         channel = self._channel(key)
         pc = self._peer_connection()
-        viewer = Viewer(pc, key, channel.request_keyframe, channel.histories)
+        viewer = Viewer(pc, key, channel.request_keyframe, channel.histories, origin)
         self._viewers[viewer.id] = viewer
-        self._on_connection(pc, ended=lambda: self._end_viewer(viewer),
-                            connected=lambda: channel.attach(viewer))
+        self._lifetimes.follow(pc, viewer.id, {"channel": key, "session": viewer.id,
+                                               "origin": origin},
+                               ended=lambda: self._end_viewer(viewer),
+                               connected=lambda: channel.attach(viewer))
         try:
             answer_sdp = await viewer.negotiate(offer_sdp)
         except BaseException:
@@ -194,9 +219,11 @@ class TvService:
         return answer_sdp, viewer.id
 
     async def stop_watching(self, session_id: str) -> None:
-        """End a viewing session (WHEP DELETE)."""
+        """End a viewing session (WHEP DELETE); one that has ended already is fine."""
         viewer = self._viewers.get(session_id)
         if viewer is None:
+            if self._ended_viewing.owner(session_id) is not None:
+                return
             raise SessionNotFound(f"no viewing session {session_id}")
         await self._end_viewer(viewer)
 
@@ -227,20 +254,28 @@ class TvService:
     def _peer_connection(self) -> RTCPeerConnection:
         return RTCPeerConnection(rtc_configuration(self.settings.webrtc.ice_servers))
 
-    def _on_connection(self, pc: RTCPeerConnection, ended: Callable[[], Awaitable[None]],
-                       connected: Callable[[], None] | None = None) -> None:
-        @pc.on("connectionstatechange")
-        async def changed() -> None:
-            state = pc.connectionState
-            if state == "connected" and connected is not None:
-                connected()
-            elif state == "failed":
-                await pc.close()
-            elif state == "closed":
-                try:
-                    await ended()
-                except Exception:
-                    log.exception("cleaning up after a closed connection failed")
+    def _check_room(self, origin: str | None) -> None:
+        """ViewersFull when the process is full, TooManySessions when ``origin`` is."""
+        limit = self.settings.video.max_viewers
+        if limit and len(self._viewers) >= limit:
+            raise ViewersFull(f"{len(self._viewers)} viewers already, the most this "
+                              "process serves ([video] max_viewers)")
+        per_address = self.settings.video.viewers_per_address
+        if origin is not None and per_address and sum(
+                1 for v in self._viewers.values() if v.origin == origin) >= per_address:
+            raise TooManySessions(f"{origin} holds {per_address} viewing sessions already "
+                                  "([video] viewers_per_address)")
+
+    def _screen(self, offer_sdp: str, context: dict[str, Any]) -> str:
+        """The offer with at most ``[webrtc] max_candidates`` usable candidates per section."""
+        screened = screen_candidates(offer_sdp, self.settings.webrtc.max_candidates)
+        if screened.dropped:
+            # TCP or RTCP candidates are routine (browsers list them); the others are not.
+            routine = set(screened.dropped) <= {"unpairable"}
+            log.log(logging.INFO if routine else logging.WARNING,
+                    "ICE candidates left out of an offer",
+                    extra={**context, "kept": screened.kept, "dropped": dict(screened.dropped)})
+        return screened.sdp
 
     def _channel(self, key: str) -> Channel:
         channel = self._channels.get(key)
@@ -275,6 +310,8 @@ class TvService:
     async def _end_session(self, session: IngestSession) -> None:
         """Close a publisher's connection; the feed goes offline if it was the current one."""
         self._sessions.pop(session.id, None)
+        self._ended_publishing.add(session.id, session.source.id)
+        self._lifetimes.forget(session.id)
         if session.current:
             session.source.session = None  # first: its last frames must not revive the feed
             await self._announce(session.source, FeedState.OFFLINE)
@@ -283,6 +320,8 @@ class TvService:
     async def _end_viewer(self, viewer: Viewer) -> None:
         if self._viewers.pop(viewer.id, None) is None:
             return  # ended already (closing the connection reports here again)
+        self._ended_viewing.add(viewer.id, viewer.channel)
+        self._lifetimes.forget(viewer.id)
         self._delivered_before.add(viewer.delivery())
         channel = self._channels.get(viewer.channel)
         if channel is not None:

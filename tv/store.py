@@ -9,6 +9,7 @@ the database and its backups accordingly, and rotate a token that leaked.
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from collections.abc import Collection
 from datetime import datetime
@@ -44,9 +45,27 @@ def new_token() -> str:
     return secrets.token_urlsafe(TOKEN_BYTES)
 
 
+# What a bearer token may look like (RFC 6750 b64token); ours are URL-safe base64.
+_TOKEN_RE = re.compile(r"[A-Za-z0-9\-._~+/]{1,512}=*")
+
+
+def well_formed_token(value: object) -> bool:
+    """Whether ``value`` could be a feed's token at all: a short ASCII string.
+
+    Anything else from outside (lone surrogates from bytes that were not
+    UTF-8, control characters, megabytes) is refused before it is compared
+    or goes near the database.
+    """
+    return isinstance(value, str) and _TOKEN_RE.fullmatch(value) is not None
+
+
 def same_token(expected: str, given: str) -> bool:
-    """Constant-time comparison (bytes, so that any text given is accepted)."""
-    return hmac.compare_digest(expected.encode(), given.encode())
+    """Constant-time comparison (bytes, so that any text given is accepted).
+
+    ``surrogatepass``: a lone surrogate must compare unequal, not raise.
+    """
+    return hmac.compare_digest(expected.encode("utf-8", "surrogatepass"),
+                               given.encode("utf-8", "surrogatepass"))
 
 
 class FeedTokenStore:

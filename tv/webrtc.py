@@ -7,11 +7,14 @@ defaults do not suit a broadcast server (see each function's comment).
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aioice.ice
+import aioice.stun
+from aioice.mdns import is_mdns_hostname
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
@@ -70,6 +73,31 @@ def restrict_host_addresses(addresses: Sequence[str]) -> Callable[[], None]:
     def undo() -> None:
         if aioice.ice.get_host_addresses is configured:
             aioice.ice.get_host_addresses = original
+
+    return undo
+
+
+def set_consent_timeout(seconds: float) -> Callable[[], None]:
+    """Drop a connected peer that has answered no ICE consent check for about
+    ``seconds`` (RFC 7675 says 30); return the undo.
+
+    aioice already checks consent freshness: every ``CONSENT_INTERVAL`` s
+    (5, give or take 20 %) it sends a check on the chosen pair, waits
+    ``stun.RETRY_RTO`` (0.5 s) for the answer, and closes the connection
+    after ``CONSENT_FAILURES`` (6) unanswered checks in a row, which aiortc
+    reports as a failed connection: about 33 s. Only the module constant
+    sets the pace, so it is replaced, process-wide like the setting.
+    """
+    for name in ("CONSENT_INTERVAL", "CONSENT_FAILURES"):
+        if not isinstance(getattr(aioice.ice, name, None), int | float):
+            raise RuntimeError(f"aioice.ice.{name} is gone: check consent freshness in aioice")
+    original = aioice.ice.CONSENT_INTERVAL
+    interval = max(0.1, seconds / aioice.ice.CONSENT_FAILURES - aioice.stun.RETRY_RTO)
+    aioice.ice.CONSENT_INTERVAL = interval  # type: ignore[assignment]
+
+    def undo() -> None:
+        if interval == aioice.ice.CONSENT_INTERVAL:
+            aioice.ice.CONSENT_INTERVAL = original
 
     return undo
 
@@ -133,6 +161,78 @@ def register_h264_profiles() -> None:
 
 
 # --- offers ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Screened:
+    """An offer with only the ICE candidates the server will send checks to."""
+
+    sdp: str
+    kept: int
+    dropped: Counter[str] = field(default_factory=Counter)
+    """How many candidates were left out, by reason."""
+
+
+def _unusable(value: str) -> str | None:
+    """Why the server must not send to this ``a=candidate:`` value; None if it may."""
+    # foundation component transport priority address port "typ" type ...
+    # (RFC 8839); aiortc's own parser asserts, so it is read here first.
+    bits = value.split()
+    try:
+        if len(bits) < 8 or bits[6] != "typ":
+            raise ValueError(value)
+        component, _priority, port = int(bits[1]), int(bits[3]), int(bits[5])
+    except ValueError:
+        return "malformed"
+    # aiortc gathers UDP candidates for one component (RTP and RTCP muxed):
+    # anything else can never be paired, so it would only use up a place.
+    if bits[2].lower() != "udp" or component != 1:
+        return "unpairable"
+    if not 1 <= port <= 65535:
+        return "bad_port"
+    if is_mdns_hostname(bits[4]):
+        return None  # a browser hiding its address: resolved on the local network
+    try:
+        address = ipaddress.ip_address(bits[4])
+    except ValueError:
+        return "not_an_address"  # a host name: resolving it would block the server
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_unspecified or address.is_multicast \
+            or address == ipaddress.IPv4Address("255.255.255.255"):
+        return "unroutable"
+    return None
+
+
+def screen_candidates(offer_sdp: str, per_section: int) -> Screened:
+    """Keep the first ``per_section`` usable ICE candidates of each media section;
+    InvalidSdp if one cannot be read at all.
+
+    The server sends connectivity checks, each retransmitted, to every
+    candidate an offer lists: an anonymous offer must not point them at
+    hundreds of other hosts. A few per section are plenty, and candidates
+    are only hints: the server's own address is reachable, so the peer's
+    checks reach it and ICE learns the peer's address from them (peer
+    reflexive candidates) even when its listed ones were left out.
+    """
+    lines, dropped = [], Counter[str]()
+    kept = in_section = 0
+    for line in offer_sdp.splitlines(keepends=True):
+        if line.startswith("m="):
+            in_section = 0
+        elif line.startswith("a=candidate:"):
+            reason = _unusable(line[len("a=candidate:"):].strip())
+            if reason == "malformed":  # refused, as aiortc's own parser would refuse it
+                raise InvalidSdp(f"an ICE candidate cannot be read: {line.strip()[:200]!r}")
+            if reason is None and in_section >= per_section:
+                reason = "over_limit"
+            if reason is not None:
+                dropped[reason] += 1
+                continue
+            kept += 1
+            in_section += 1
+        lines.append(line)
+    return Screened("".join(lines), kept, dropped)
+
 
 @dataclass(frozen=True)
 class Wanted:

@@ -46,11 +46,13 @@ class Viewer:
     """One WHEP session: a peer connection and one RtpStream per media section."""
 
     def __init__(self, pc: RTCPeerConnection, channel: str, request_keyframe: Callable[[], None],
-                 histories: dict[str, History]) -> None:
+                 histories: dict[str, History], origin: str | None = None) -> None:
         self.id = uuid.uuid4().hex
         self.pc = pc
         self.channel = channel
         """The programme ("programme") or the feed id this viewer watches."""
+        self.origin = origin
+        """The anonymous viewer's address group; None for staff."""
         self.request_keyframe = request_keyframe
         self.histories = histories
         self.streams: dict[str, RtpStream] = {}
