@@ -171,6 +171,9 @@ def csrf_ok(expected: str, given: str | None) -> bool:
 
 Publish = Callable[[object], Awaitable[None]]
 
+KNOWN_ADDRESS = RateLimit(1, 30 * 24 * 3600)
+"""How long an address stays known for an account after a sign-in from it."""
+
 
 async def _no_publish(event: object) -> None:
     return None
@@ -244,6 +247,7 @@ class AuthService:
             raise BadCredentials()
         for claim in claims:
             await self.limiter.release(claim)
+        await self.limiter.hit(self._known_key(username, ip), KNOWN_ADDRESS)
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         now = self.clock.now()
         async with self.engine.begin() as conn:
@@ -258,7 +262,7 @@ class AuthService:
         """Count one attempt per limit, or refuse it (TooManyAttempts) counting none."""
         name = username.casefold()
         limits = [(f"login:{name}:{_key_part(ip)}", self.login_failures)]
-        if self.user_failures is not None:
+        if self.user_failures is not None and not await self._known(username, ip):
             limits.append((f"login-user:{name}", self.user_failures))
         claims: list[Claim] = []
         for key, limit in limits:
@@ -271,6 +275,17 @@ class AuthService:
                 raise TooManyAttempts(claim.wait_s)
             claims.append(claim)
         return claims
+
+    # An address this account signed in from lately is spared the per-user
+    # limit: a stranger who keeps that limit full (anyone can) must not keep
+    # the director, back at the usual desk, from signing in. The per-address
+    # limit still holds there. The limiter keeps the mark: "refused" by a
+    # count of one means "there was a sign-in from here within the window".
+    def _known_key(self, username: str, ip: str) -> str:
+        return f"login-ok:{username.casefold()}:{_key_part(ip)}"
+
+    async def _known(self, username: str, ip: str) -> bool:
+        return await self.limiter.peek(self._known_key(username, ip), KNOWN_ADDRESS) is not None
 
     def _verify(self, hashed: str | None, password: str) -> bool:
         try:

@@ -158,3 +158,26 @@ async def test_unstorable_credentials_are_bad_credentials(server, base_url, http
     status, body, _ = await client.request("POST", "/api/session", data=raw,
                                            headers={"Content-Type": "application/json"})
     assert (status, body["error"]) == (401, "bad_credentials")
+
+
+async def test_a_stranger_filling_the_per_user_limit_cannot_lock_out_a_known_address(
+        start_server, tmp_path, http):
+    settings = helpers.test_settings(
+        tmp_path, http={"trust_forwarded": True},
+        auth={"login_failures": LIMIT, "login_failures_per_user": {"count": 12, "window_s": 900}})
+    server = await start_server(settings)
+    await server.app[keys.AUTH].add_user("paul", PASSWORD, Role.DIRECTOR)
+    base = str(server.make_url(""))
+    desk = await http(base, "203.0.113.10")
+    await desk.sign_in("paul")  # the director's usual desk, yesterday
+    for n in range(6):
+        stranger = await http(base, f"198.51.100.{n + 1}")
+        for _ in range(2):
+            await stranger.request("POST", "/api/session",
+                                   {"username": "paul", "password": "guess"})
+    elsewhere = await http(base, "192.0.2.99")
+    status, _, _ = await elsewhere.request("POST", "/api/session",
+                                           {"username": "paul", "password": PASSWORD})
+    assert status == 429  # the per-user limit is full: a new address waits
+
+    assert (await desk.sign_in("paul"))["role"] == "director"
