@@ -166,7 +166,13 @@ def _key_part(text: str) -> str:
 
 def csrf_ok(expected: str, given: str | None) -> bool:
     """Constant-time comparison of the CSRF token."""
-    return given is not None and hmac.compare_digest(expected.encode(), given.encode())
+    if given is None:
+        return False
+    try:
+        given_bytes = given.encode()
+    except UnicodeEncodeError:  # a header with non-UTF-8 bytes: not the token
+        return False
+    return hmac.compare_digest(expected.encode(), given_bytes)
 
 
 Publish = Callable[[object], Awaitable[None]]

@@ -278,3 +278,17 @@ async def test_a_staff_socket_with_a_malformed_cookie_is_refused_cleanly(server,
     refusal = json.loads(body.split(b",", 1)[1])
     assert refusal["data"]["error"] == "not_authenticated" and refusal["message"], refusal
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+async def test_a_malformed_csrf_header_is_refused_not_a_crash(server, base_url, http, caplog):
+    caplog.set_level(logging.INFO)
+    marie = await signed_in(server, http, "marie", Role.MODERATOR)
+    cookie = marie.cookie_header().encode()
+    request = (b"DELETE /api/session HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+               b"Cookie: " + cookie + b"\r\nX-CSRF-Token: \xff\xed\xa0\x80\r\n\r\n")
+
+    status, _, body = await raw_request(server.port, request)
+
+    assert (status, json.loads(body)["error"]) == (403, "csrf_failed")
+    assert (await marie.request("GET", "/api/session"))[0] == 200  # still signed in
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
