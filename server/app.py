@@ -35,6 +35,7 @@ from server.metrics import Metrics, metrics_handler, metrics_middleware
 from server.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from server.realtime import Broadcaster, create_sio, register_namespaces
 from server.settings import Settings
+from server.staffsockets import StaffSockets
 from tv import routes as tv_routes
 from tv.namespace import VideoPushes
 from tv.service import TvService
@@ -92,7 +93,9 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
     sio.attach(app)
     video = VideoPushes(sio, app)
     video.subscribe(app[keys.BUS])
-    register_namespaces(sio, app, video)
+    staff_sockets = StaffSockets(sio, clock, lambda sessions: app[keys.AUTH].snapshot(sessions))
+    staff_sockets.subscribe(app[keys.BUS])
+    register_namespaces(sio, app, video, staff_sockets)
     broadcaster = Broadcaster(sio, lambda: app[keys.PROGRAMME_VIEW]())
     broadcaster.subscribe(app[keys.BUS])
 
@@ -101,6 +104,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
     app.cleanup_ctx.append(_services)
     app.cleanup_ctx.append(_programme)
     app.cleanup_ctx.append(lambda _app: broadcaster.run())
+    app.cleanup_ctx.append(lambda _app: staff_sockets.run())
     app.cleanup_ctx.append(_video)
     app.cleanup_ctx.append(video.run)
     app.cleanup_ctx.append(tv_routes.rotation_watcher)
@@ -140,7 +144,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
                             if redis is not None else MemoryRateLimiter(clock))
     app[keys.LIMITER] = limiter
     app[keys.AUTH] = AuthService(app[keys.ENGINE], clock, limiter, settings.http.session_hours,
-                                 settings.auth.login_failures)
+                                 settings.auth.login_failures,
+                                 user_failures=settings.auth.login_failures_per_user,
+                                 publish=app[keys.BUS].publish)
     questions = QuestionService(QuestionStore(app[keys.ENGINE]), limiter, clock,
                                 app[keys.BUS].publish, [t.id for t in settings.themes],
                                 settings.qa, shared=bool(settings.redis_url),

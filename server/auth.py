@@ -7,19 +7,21 @@ import enum
 import hashlib
 import hmac
 import logging
+import re
 import secrets
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Column, Integer, MetaData, String, Table, delete, insert, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, and_, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.clock import Clock
 from server.dbtypes import UtcDateTime
-from server.ratelimit import RateLimiter
+from server.ratelimit import Claim, RateLimiter
 from server.settings import RateLimit
 
 log = logging.getLogger("tv.auth")
@@ -48,6 +50,56 @@ class Staff:
     role: Role
     csrf_token: str
     """The CSRF token of the session this staff member came in with."""
+
+
+@dataclass(frozen=True)
+class StaffSession:
+    """A signed-in staff member and the session they came in with."""
+
+    staff: Staff
+    token_hash: str
+    """Never the token itself: what the server may keep and log."""
+    expires_at: datetime
+
+
+class SessionEnd(enum.StrEnum):
+    """Why a staff member's live connections are closed."""
+
+    SIGNED_OUT = "signed_out"
+    EXPIRED = "expired"
+    ROLE_CHANGED = "role_changed"
+
+
+@dataclass(frozen=True)
+class SessionsChanged:
+    """Sessions were ended (sign-out, password or role reset): check live sockets now."""
+
+
+@dataclass(frozen=True)
+class SessionsSnapshot:
+    """What the database says now about some sessions and their staff members."""
+
+    roles: dict[int, Role]
+    """Role of each staff member asked about who still exists."""
+    expiry: dict[str, datetime]
+    """Expiry of each session asked about that still exists (by token hash)."""
+
+    def end(self, session: StaffSession, needed: Role, now: datetime) -> SessionEnd | None:
+        """Why ``session`` may no longer use what needs ``needed``; None if it still may."""
+        role = self.roles.get(session.staff.id)
+        if role is None:
+            return SessionEnd.SIGNED_OUT
+        if not role.allows(needed):
+            return SessionEnd.ROLE_CHANGED
+        expires_at = self.expiry.get(session.token_hash)
+        if expires_at is None:
+            # Expired sessions are swept at the next sign-in, so a missing row
+            # past its time ended by expiry; adduser deletes the rows it resets.
+            if session.expires_at <= now:
+                return SessionEnd.EXPIRED
+            return SessionEnd.ROLE_CHANGED if role != session.staff.role \
+                else SessionEnd.SIGNED_OUT
+        return SessionEnd.EXPIRED if expires_at <= now else None
 
 
 class BadCredentials(Exception):
@@ -83,30 +135,78 @@ sessions_table = Table(
 )
 
 
+# What secrets.token_urlsafe(32) makes, with room to spare. Anything else in the
+# cookie (non-UTF-8 bytes, lone surrogates, megabytes) is simply "not signed in".
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{20,128}")
+
+
+def _valid_token(token: str | None) -> str | None:
+    return token if token is not None and _TOKEN_RE.fullmatch(token) else None
+
+
 def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _usable(text: str, max_len: int) -> bool:
+    """Whether a user name or password given at sign-in could match a stored one."""
+    if not text or len(text) > max_len:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: add_user could never have stored them
+        return False
+    return True
+
+
+def _key_part(text: str) -> str:
+    """``text`` made safe for a limiter key (a forwarded address may hold anything)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def csrf_ok(expected: str, given: str | None) -> bool:
     """Constant-time comparison of the CSRF token."""
-    return given is not None and hmac.compare_digest(expected.encode(), given.encode())
+    if given is None:
+        return False
+    try:
+        given_bytes = given.encode()
+    except UnicodeEncodeError:  # a header with non-UTF-8 bytes: not the token
+        return False
+    return hmac.compare_digest(expected.encode(), given_bytes)
+
+
+Publish = Callable[[object], Awaitable[None]]
+
+KNOWN_ADDRESS = RateLimit(1, 30 * 24 * 3600)
+"""How long an address stays known for an account after a sign-in from it."""
+
+
+async def _no_publish(event: object) -> None:
+    return None
 
 
 class AuthService:
     def __init__(self, engine: AsyncEngine, clock: Clock, limiter: RateLimiter,
-                 session_hours: float, login_failures: RateLimit) -> None:
+                 session_hours: float, login_failures: RateLimit,
+                 user_failures: RateLimit | None = None, publish: Publish = _no_publish) -> None:
         self.engine = engine
         self.clock = clock
         self.limiter = limiter
         self.session_ttl = timedelta(hours=session_hours)
         self.login_failures = login_failures
+        self.user_failures = user_failures
+        self.publish = publish
         self.hasher = PasswordHasher()
         # Verified when the user name is unknown, so that timing does not tell;
         # made on first need, since hashing blocks for a noticeable moment.
         self._dummy_hash: str | None = None
 
     async def add_user(self, username: str, password: str, role: Role) -> bool:
-        """Create an account, or reset its password and role. True if created."""
+        """Create an account, or reset its password and role. True if created.
+
+        A reset ends the account's sessions; its open sockets follow within a
+        second in every process (``server.staffsockets``).
+        """
         username = username.strip()
         if not username or len(username) > 64 or not username.isprintable():
             raise AccountError("the user name must be 1 to 64 printable characters")
@@ -128,14 +228,20 @@ class AuthService:
                     staff_table.c.username == username))).one()
                 await conn.execute(delete(sessions_table).where(
                     sessions_table.c.staff_id == row.id))
-                return False
+        log.info("staff account reset; its sessions ended",
+                 extra={"username": username, "role": role.value})
+        await self.publish(SessionsChanged())
+        return False
 
     async def sign_in(self, username: str, password: str, ip: str) -> tuple[str, Staff]:
-        """Check credentials; return a new session token and the staff member."""
-        key = f"login:{username.casefold()}:{ip}"
-        wait = await self.limiter.peek(key, self.login_failures)
-        if wait is not None:
-            raise TooManyAttempts(wait)
+        """Check credentials; return a new session token and the staff member.
+
+        Each attempt is counted before its password is checked, so that
+        concurrent guesses cannot outrun the limit; a success is uncounted.
+        """
+        if not _usable(username, 64) or not _usable(password, 1024):
+            raise BadCredentials()
+        claims = await self._claim(username, ip)
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(staff_table).where(
                 staff_table.c.username == username))).first()
@@ -143,9 +249,11 @@ class AuthService:
             self._dummy_hash = await asyncio.to_thread(self.hasher.hash, secrets.token_hex(8))
         if not await asyncio.to_thread(self._verify, row.password_hash if row else None,
                                        password) or row is None:
-            await self.limiter.hit(key, self.login_failures)
             log.warning("failed sign-in", extra={"username": username, "ip": ip})
             raise BadCredentials()
+        for claim in claims:
+            await self.limiter.release(claim)
+        await self.limiter.hit(self._known_key(username, ip), KNOWN_ADDRESS)
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         now = self.clock.now()
         async with self.engine.begin() as conn:
@@ -156,6 +264,35 @@ class AuthService:
         log.info("staff signed in", extra={"username": username, "role": row.role})
         return token, Staff(row.id, row.username, Role(row.role), csrf)
 
+    async def _claim(self, username: str, ip: str) -> list[Claim]:
+        """Count one attempt per limit, or refuse it (TooManyAttempts) counting none."""
+        name = username.casefold()
+        limits = [(f"login:{name}:{_key_part(ip)}", self.login_failures)]
+        if self.user_failures is not None and not await self._known(username, ip):
+            limits.append((f"login-user:{name}", self.user_failures))
+        claims: list[Claim] = []
+        for key, limit in limits:
+            claim = await self.limiter.claim(key, limit)
+            if claim.wait_s is not None:
+                for held in claims:
+                    await self.limiter.release(held)
+                log.warning("sign-in refused: too many failures",
+                            extra={"username": username, "ip": ip, "limit": key.split(":")[0]})
+                raise TooManyAttempts(claim.wait_s)
+            claims.append(claim)
+        return claims
+
+    # An address this account signed in from lately is spared the per-user
+    # limit: a stranger who keeps that limit full (anyone can) must not keep
+    # the director, back at the usual desk, from signing in. The per-address
+    # limit still holds there. The limiter keeps the mark: "refused" by a
+    # count of one means "there was a sign-in from here within the window".
+    def _known_key(self, username: str, ip: str) -> str:
+        return f"login-ok:{username.casefold()}:{_key_part(ip)}"
+
+    async def _known(self, username: str, ip: str) -> bool:
+        return await self.limiter.peek(self._known_key(username, ip), KNOWN_ADDRESS) is not None
+
     def _verify(self, hashed: str | None, password: str) -> bool:
         try:
             target = hashed or self._dummy_hash
@@ -164,19 +301,55 @@ class AuthService:
         except (VerificationError, InvalidHashError):
             return False
 
-    async def staff_for_token(self, token: str | None) -> Staff | None:
-        if not token:
+    async def session_for_token(self, token: str | None) -> StaffSession | None:
+        """The live session of this cookie value, or None (also for any malformed value)."""
+        token = _valid_token(token)
+        if token is None:
             return None
+        token_hash = _hash_token(token)
         stmt = (select(staff_table.c.id, staff_table.c.username, staff_table.c.role,
-                       sessions_table.c.csrf_token)
+                       sessions_table.c.csrf_token, sessions_table.c.expires_at)
                 .join(staff_table, staff_table.c.id == sessions_table.c.staff_id)
-                .where(sessions_table.c.token_hash == _hash_token(token),
+                .where(sessions_table.c.token_hash == token_hash,
                        sessions_table.c.expires_at > self.clock.now()))
         async with self.engine.connect() as conn:
             row = (await conn.execute(stmt)).first()
-        return Staff(row.id, row.username, Role(row.role), row.csrf_token) if row else None
+        if row is None:
+            return None
+        staff = Staff(row.id, row.username, Role(row.role), row.csrf_token)
+        return StaffSession(staff, token_hash, row.expires_at)
 
-    async def sign_out(self, token: str) -> None:
+    async def staff_for_token(self, token: str | None) -> Staff | None:
+        session = await self.session_for_token(token)
+        return session.staff if session else None
+
+    async def snapshot(self, sessions: Collection[tuple[str, int]]) -> SessionsSnapshot:
+        """Roles and expiries now of these (token hash, staff id) sessions: one query per 500."""
+        roles: dict[int, Role] = {}
+        expiry: dict[str, datetime] = {}
+        pairs = list(sessions)
+        async with self.engine.connect() as conn:
+            for start in range(0, len(pairs), 500):
+                chunk = pairs[start:start + 500]
+                joined = staff_table.outerjoin(sessions_table, and_(
+                    sessions_table.c.staff_id == staff_table.c.id,
+                    sessions_table.c.token_hash.in_([h for h, _ in chunk])))
+                rows = await conn.execute(
+                    select(staff_table.c.id, staff_table.c.role, sessions_table.c.token_hash,
+                           sessions_table.c.expires_at)
+                    .select_from(joined).where(staff_table.c.id.in_({i for _, i in chunk})))
+                for row in rows:
+                    roles[row.id] = Role(row.role)
+                    if row.token_hash is not None:
+                        expiry[row.token_hash] = row.expires_at
+        return SessionsSnapshot(roles, expiry)
+
+    async def sign_out(self, token: str | None) -> None:
+        """End this cookie's session (nothing for a malformed or unknown value)."""
+        token = _valid_token(token)
+        if token is None:
+            return
         async with self.engine.begin() as conn:
             await conn.execute(delete(sessions_table).where(
                 sessions_table.c.token_hash == _hash_token(token)))
+        await self.publish(SessionsChanged())

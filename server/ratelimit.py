@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from server.clock import Clock
 from server.settings import RateLimit
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One action counted by ``claim``: refused (``wait_s`` set), or counted until released."""
+
+    key: str
+    wait_s: float | None
+    """None: allowed and counted; else the seconds before the next one would be."""
+    member: str = ""
+    """Which entry of the window is this action's, so that ``release`` removes only it."""
 
 
 class RateLimiter(Protocol):
@@ -16,6 +29,12 @@ class RateLimiter(Protocol):
 
     async def peek(self, key: str, limit: RateLimit) -> float | None:
         """Like hit, without counting: would the next action be refused?"""
+
+    async def claim(self, key: str, limit: RateLimit) -> Claim:
+        """Like hit, in one atomic step, remembering which entry was counted."""
+
+    async def release(self, claim: Claim) -> None:
+        """Uncount an allowed claim (an action that turned out not to count)."""
 
 
 class MemoryRateLimiter:
@@ -49,10 +68,22 @@ class MemoryRateLimiter:
         return None
 
     async def hit(self, key: str, limit: RateLimit) -> float | None:
-        wait = await self.peek(key, limit)
-        if wait is None:
-            self._hits[key].append(self.clock.monotonic())
-        return wait
+        return (await self.claim(key, limit)).wait_s
+
+    async def claim(self, key: str, limit: RateLimit) -> Claim:
+        # No await between the count and the append: atomic within the process.
+        hits = self._window(key, limit)
+        now = self.clock.monotonic()
+        if len(hits) >= limit.count:
+            return Claim(key, max(0.001, hits[0] + limit.window_s - now))
+        hits.append(now)
+        return Claim(key, None, repr(now))
+
+    async def release(self, claim: Claim) -> None:
+        hits = self._hits.get(claim.key)
+        if claim.wait_s is None and hits is not None:
+            with contextlib.suppress(ValueError):  # already out of the window
+                hits.remove(float(claim.member))
 
 
 # Atomic sliding log in a sorted set: drop old hits, count, add if allowed.
@@ -82,17 +113,25 @@ class RedisRateLimiter:
         self.clock = clock
         self._script = redis.register_script(_LUA)
 
-    async def _run(self, key: str, limit: RateLimit, count: bool) -> float | None:
+    async def _run(self, key: str, limit: RateLimit, member: str) -> float | None:
         # Wall time, because processes on several machines share the window.
         now = self.clock.now().timestamp()
-        member = uuid.uuid4().hex if count else ""
         result = await self._script(keys=[f"{self.prefix}:rl:{key}"],
                                     args=[now, limit.window_s, limit.count, member])
         text = result.decode() if isinstance(result, bytes) else str(result)
         return max(0.001, float(text)) if text else None
 
     async def hit(self, key: str, limit: RateLimit) -> float | None:
-        return await self._run(key, limit, count=True)
+        return await self._run(key, limit, uuid.uuid4().hex)
 
     async def peek(self, key: str, limit: RateLimit) -> float | None:
-        return await self._run(key, limit, count=False)
+        return await self._run(key, limit, "")
+
+    async def claim(self, key: str, limit: RateLimit) -> Claim:
+        member = uuid.uuid4().hex
+        wait = await self._run(key, limit, member)
+        return Claim(key, wait, member if wait is None else "")
+
+    async def release(self, claim: Claim) -> None:
+        if claim.wait_s is None:
+            await self.redis.zrem(f"{self.prefix}:rl:{claim.key}", claim.member)

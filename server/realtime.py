@@ -25,6 +25,7 @@ from server.events import EventBus
 from server.http import VIEWER_COOKIE
 from server.metrics import Metrics
 from server.settings import Settings
+from server.staffsockets import StaffSockets
 from tv.namespace import CONTRIBUTE, ContributeNamespace, VideoPushes
 
 log = logging.getLogger("tv.realtime")
@@ -92,20 +93,35 @@ class PublicNamespace(_Namespace):
         await self.emit("programme", self.app[keys.PROGRAMME_VIEW](), to=sid)
 
 
+def _refused(code: str, message: str) -> socketio.exceptions.ConnectionRefusedError:
+    # Two arguments: the client gets {"message": sentence, "data": {"error", "message"}};
+    # one dict alone would reach it as the dict's Python repr in "message".
+    return socketio.exceptions.ConnectionRefusedError(message,
+                                                      {"error": code, "message": message})
+
+
 class StaffNamespace(_Namespace):
-    """Staff only: the session cookie must belong to at least ``role``."""
+    """Staff only: the session cookie must belong to at least ``role``.
+
+    The socket lives only as long as that session and role (``sockets``).
+    """
 
     role = Role.MODERATOR
 
+    def __init__(self, namespace: str, app: web.Application, sockets: StaffSockets) -> None:
+        super().__init__(namespace, app)
+        self.sockets = sockets
+
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         request: web.Request = environ["aiohttp.request"]
-        staff = await self.app[keys.AUTH].staff_for_token(request.cookies.get(SESSION_COOKIE))
-        if staff is None:
-            raise socketio.exceptions.ConnectionRefusedError(
-                {"error": "not_authenticated", "message": "sign in with a staff account"})
+        session = await self.app[keys.AUTH].session_for_token(
+            request.cookies.get(SESSION_COOKIE))
+        if session is None:
+            raise _refused("not_authenticated", "sign in with a staff account")
+        staff = session.staff
         if not staff.role.allows(self.role):
-            raise socketio.exceptions.ConnectionRefusedError(
-                {"error": "forbidden", "message": "your role may not join this namespace"})
+            raise _refused("forbidden", "your role may not join this namespace")
+        self.sockets.add(self.namespace, sid, session, self.role)
         await self.save_session(sid, {"username": staff.username, "role": staff.role.value})
         self.metrics.sockets.labels(self.namespace).inc()
         await self.emit("programme", self.app[keys.PROGRAMME_VIEW](), to=sid)
@@ -115,6 +131,11 @@ class StaffNamespace(_Namespace):
         if self.namespace == CONTROL and keys.TV in self.app:
             # Without video here (--no-video), the video process's next push comes within 1 s.
             await self.emit("feeds", [s.view() for s in self.app[keys.TV].feed_stats()], to=sid)
+
+
+    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        self.sockets.remove(self.namespace, sid)
+        await super().on_disconnect(sid, reason)
 
 
 class ControlNamespace(StaffNamespace):
@@ -203,8 +224,8 @@ class Broadcaster:
 
 
 def register_namespaces(sio: socketio.AsyncServer, app: web.Application,
-                        video: VideoPushes) -> None:
+                        video: VideoPushes, staff_sockets: StaffSockets) -> None:
     sio.register_namespace(PublicNamespace(PUBLIC, app))
-    sio.register_namespace(StaffNamespace(MODERATION, app))
-    sio.register_namespace(ControlNamespace(CONTROL, app))
+    sio.register_namespace(StaffNamespace(MODERATION, app, staff_sockets))
+    sio.register_namespace(ControlNamespace(CONTROL, app, staff_sockets))
     sio.register_namespace(ContributeNamespace(app, video))

@@ -88,6 +88,9 @@ class QaSettings:
 @dataclass(frozen=True)
 class AuthSettings:
     login_failures: RateLimit = RateLimit(5, 900)
+    """Sign-in attempts per user name and address (a success gives its attempt back)."""
+    login_failures_per_user: RateLimit = RateLimit(50, 900)
+    """Sign-in attempts per user name from all addresses together (many-address guessing)."""
 
 
 @dataclass(frozen=True)
@@ -220,7 +223,9 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
         profanity=tuple(r.str_list("qa.profanity", [])),
         duplicate_threshold=r.number("qa.duplicate_threshold", 0.75, lo=0.1, hi=1.0),
     )
-    auth = AuthSettings(login_failures=r.rate("auth.login_failures", RateLimit(5, 900)))
+    auth = AuthSettings(
+        login_failures=r.rate("auth.login_failures", RateLimit(5, 900)),
+        login_failures_per_user=r.rate("auth.login_failures_per_user", RateLimit(50, 900)))
     webrtc = WebRtcSettings(
         host_addresses=tuple(r.str_list("webrtc.host_addresses", [])),
         ice_servers=tuple(r.table_list("webrtc.ice_servers")),

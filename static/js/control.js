@@ -449,6 +449,8 @@ if (socket) {
     }
     if (changed) render();
   });
+  // The session ended or the role changed: the server closes this socket.
+  socket.on("signed_out", goToLogin);
   socket.on("connect_error", async () => {
     // Refused at connect: the session has probably ended.
     if (socket.active) return;

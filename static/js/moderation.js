@@ -1125,6 +1125,9 @@ if (socket) {
   });
   socket.on("on_air", (q) => setOnAir(q || null));
   socket.on("programme", (body) => setProgramme(body));
+  // The session ended (signed out elsewhere, password or role reset, expiry):
+  // the server closes this socket; sign in again.
+  socket.on("signed_out", goToLogin);
 }
 
 setInterval(() => refreshRelativeTimes(consoleNode), 30_000);
