@@ -81,7 +81,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(request, 503, "storage_unavailable",
                               {"Retry-After": str(STORAGE_RETRY_S)},
                               {"retry_after_s": STORAGE_RETRY_S})
-    except Exception:
+    except Exception as e:
+        if isinstance(e, ValueError) and request.path.startswith("/socket.io/"):
+            # Engine.IO's own frame parser raises on a frame that is not its
+            # protocol (``\x00…``); the connection is over, and it was that client's.
+            log.warning("a Socket.IO client sent a frame that cannot be read: its "
+                        "connection was closed", extra={"reason": str(e)[:120]})
+            return error_response(request, 400, "invalid_frame")
         log.exception("request failed", extra={"path": request.path, "method": request.method})
         return error_response(request, 500, "internal_error")
 

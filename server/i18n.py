@@ -176,6 +176,8 @@ ERRORS: Mapping[str, Mapping[str, str]] = {
     "invalid_unicode": {
         "fr": "Le texte envoyé contient des caractères qui ne sont pas de l'Unicode valide.",
         "en": "The text sent contains characters that are not valid Unicode."},
+    "invalid_frame": {
+        "fr": "Message Socket.IO illisible.", "en": "Unreadable Socket.IO message."},
     "cross_origin": {
         "fr": "Cette action doit venir des pages de ce site.",
         "en": "This action must come from this site's own pages."},

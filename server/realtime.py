@@ -57,13 +57,34 @@ class _RedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         await super()._handle_emit(message)
 
 
+class _TolerantPacket(socketio.packet.Packet):  # type: ignore[misc]
+    """A client packet that cannot be read is dropped with one warning, not a traceback.
+
+    python-socketio raises from its decoder on a malformed frame (``42[``, an
+    ack id of 5,000 digits, a payload nested thousands deep); Engine.IO then
+    logs the error with its traceback for every such frame. Read as a
+    DISCONNECT, the frame ends that one client's session on ``/`` and
+    nothing else. ``serializer`` is python-socketio's public hook for this.
+    """
+
+    def decode(self, encoded_packet: Any) -> int:
+        try:
+            return int(super().decode(encoded_packet) or 0)
+        except (ValueError, TypeError, IndexError, RecursionError) as e:
+            log.warning("a Socket.IO client sent a packet that cannot be read: ignored",
+                        extra={"reason": str(e)[:120]})
+            self.packet_type, self.namespace = socketio.packet.DISCONNECT, "/"
+            self.data, self.id = None, None
+            return 0
+
+
 def create_sio(settings: Settings) -> socketio.AsyncServer:
     manager = None
     if settings.redis_url:
         manager = _RedisManager(settings.redis_url, channel=f"{settings.redis_channel}:socketio")
     return socketio.AsyncServer(async_mode="aiohttp", client_manager=manager,
                                 ping_interval=20, ping_timeout=20,
-                                max_http_buffer_size=64 * 1024)
+                                max_http_buffer_size=64 * 1024, serializer=_TolerantPacket)
 
 
 class _Namespace(socketio.AsyncNamespace):  # type: ignore[misc]

@@ -281,9 +281,14 @@ async def test_header_bytes_that_are_not_utf8(target: TestServer, header: bytes,
 # --- Socket.IO -----------------------------------------------------------------
 
 
+COOKIE = st.builds("{}={}".format, st.sampled_from(["tv_session", "tv_viewer", "lang", "x"]),
+                   st.one_of(NASTY_TEXT, st.text(max_size=80)).map(
+                       lambda v: "".join(c for c in v if 0x20 < ord(c) < 0x7f and c not in ";,")))
+
+
 @FUZZ
 @given(auth=JSON, namespace=st.sampled_from(["/", "/moderation", "/control", "/contribute"]),
-       cookie=HEADER_VALUE)
+       cookie=COOKIE)
 async def test_socket_connections_with_any_auth_and_cookie(
         target: TestServer, auth: Any, namespace: str, cookie: str,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -297,7 +302,9 @@ async def test_socket_connections_with_any_auth_and_cookie(
         await client.emit("question", auth, namespace=namespace)
         await client.emit("on_air", {"question_id": 1}, namespace=namespace)
     except socketio.exceptions.ConnectionError:
-        assert namespace != "/", (auth, cookie)  # strangers are refused only from staff rooms
+        # Strangers are refused only from staff rooms, and a CONNECT whose
+        # payload is not an object breaks the protocol itself.
+        assert namespace != "/" or not isinstance(auth, dict | None), (auth, cookie)
     finally:
         await client.disconnect()
     _no_tracebacks(caplog)
