@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from collections import deque
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from server.clock import Clock
+from server.redisconn import UNREACHABLE
 from server.settings import RateLimit
+
+log = logging.getLogger("tv.ratelimit")
+_T = TypeVar("_T")
 
 
 class RateLimiter(Protocol):
@@ -96,3 +103,66 @@ class RedisRateLimiter:
 
     async def peek(self, key: str, limit: RateLimit) -> float | None:
         return await self._run(key, limit, count=False)
+
+
+class FallbackRateLimiter:
+    """Redis's show-wide limits while Redis answers; this process's own meanwhile.
+
+    A limit that cannot be checked must not turn a question, a vote or a
+    sign-in into an error: while Redis is away each process counts by itself
+    (with N processes a viewer may get up to N times the limit, for as long
+    as the outage lasts). After a failure Redis is left alone for
+    ``retry_s`` (a circuit breaker), then one request tries it again while
+    the others keep counting here, so that nobody waits on a dead Redis.
+    """
+
+    def __init__(self, shared: RateLimiter, local: RateLimiter, clock: Clock,
+                 deadline_s: float, retry_s: float) -> None:
+        self.shared = shared
+        self.local = local
+        self.clock = clock
+        self.deadline_s = deadline_s
+        self.retry_s = retry_s
+        self._down_since: float | None = None
+        self._retry_at = 0.0
+        self._probing = False
+
+    async def hit(self, key: str, limit: RateLimit) -> float | None:
+        return await self._either(lambda limiter: limiter.hit(key, limit))
+
+    async def peek(self, key: str, limit: RateLimit) -> float | None:
+        return await self._either(lambda limiter: limiter.peek(key, limit))
+
+    async def _either(self, use: Callable[[RateLimiter], Awaitable[_T]]) -> _T:
+        """``use`` on Redis when it may be tried, else (or when it fails) on this process."""
+        probe = self._down_since is not None
+        if probe and (self._probing or self.clock.monotonic() < self._retry_at):
+            return await use(self.local)
+        self._probing = probe
+        try:
+            async with asyncio.timeout(self.deadline_s):
+                result = await use(self.shared)
+        except UNREACHABLE as e:
+            self._went_down(e)
+            return await use(self.local)
+        finally:
+            if probe:
+                self._probing = False
+        self._came_back()
+        return result
+
+    def _went_down(self, error: BaseException) -> None:
+        now = self.clock.monotonic()
+        self._retry_at = now + self.retry_s
+        if self._down_since is None:
+            self._down_since = now
+            log.warning("Redis cannot be reached: each process counts the rate limits "
+                        "(questions, votes, sign-ins, viewers) by itself until it is back",
+                        extra={"error": str(error) or type(error).__name__,
+                               "retry_s": self.retry_s})
+
+    def _came_back(self) -> None:
+        if self._down_since is not None:
+            log.info("Redis is back: the rate limits are shared by every process again",
+                        extra={"down_s": round(self.clock.monotonic() - self._down_since, 1)})
+            self._down_since = None
