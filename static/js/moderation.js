@@ -1125,6 +1125,9 @@ if (socket) {
   });
   socket.on("on_air", (q) => setOnAir(q || null));
   socket.on("programme", (body) => setProgramme(body));
+  // The server lost pushes between its processes (Redis away): what we show
+  // may lack what was pushed meanwhile, so fetch it all again.
+  socket.on("resync", loadAll);
 }
 
 setInterval(() => refreshRelativeTimes(consoleNode), 30_000);
