@@ -150,6 +150,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     await questions.start()
     yield
     await questions.stop()
+    if isinstance(limiter, FallbackRateLimiter):
+        await limiter.aclose()
 
 
 async def _programme(app: web.Application) -> AsyncIterator[None]:

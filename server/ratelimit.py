@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections import deque
@@ -111,9 +112,9 @@ class FallbackRateLimiter:
     A limit that cannot be checked must not turn a question, a vote or a
     sign-in into an error: while Redis is away each process counts by itself
     (with N processes a viewer may get up to N times the limit, for as long
-    as the outage lasts). After a failure Redis is left alone for
-    ``retry_s`` (a circuit breaker), then one request tries it again while
-    the others keep counting here, so that nobody waits on a dead Redis.
+    as the outage lasts). A circuit breaker: after a failure no request asks
+    Redis again; a background probe does, every ``retry_s``, so that only the
+    request that met the failure waited for it.
     """
 
     def __init__(self, shared: RateLimiter, local: RateLimiter, clock: Clock,
@@ -124,8 +125,7 @@ class FallbackRateLimiter:
         self.deadline_s = deadline_s
         self.retry_s = retry_s
         self._down_since: float | None = None
-        self._retry_at = 0.0
-        self._probing = False
+        self._prober: asyncio.Task[None] | None = None
 
     async def hit(self, key: str, limit: RateLimit) -> float | None:
         return await self._either(lambda limiter: limiter.hit(key, limit))
@@ -133,36 +133,45 @@ class FallbackRateLimiter:
     async def peek(self, key: str, limit: RateLimit) -> float | None:
         return await self._either(lambda limiter: limiter.peek(key, limit))
 
+    async def aclose(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
+
     async def _either(self, use: Callable[[RateLimiter], Awaitable[_T]]) -> _T:
-        """``use`` on Redis when it may be tried, else (or when it fails) on this process."""
-        probe = self._down_since is not None
-        if probe and (self._probing or self.clock.monotonic() < self._retry_at):
-            return await use(self.local)
-        self._probing = probe
-        try:
-            async with asyncio.timeout(self.deadline_s):
-                result = await use(self.shared)
-        except UNREACHABLE as e:
-            self._went_down(e)
-            return await use(self.local)
-        finally:
-            if probe:
-                self._probing = False
-        self._came_back()
-        return result
+        """``use`` on Redis while it answers, else on this process."""
+        if self._down_since is None:
+            try:
+                async with asyncio.timeout(self.deadline_s):
+                    return await use(self.shared)
+            except UNREACHABLE as e:
+                self._went_down(e)
+        return await use(self.local)
 
     def _went_down(self, error: BaseException) -> None:
-        now = self.clock.monotonic()
-        self._retry_at = now + self.retry_s
-        if self._down_since is None:
-            self._down_since = now
-            log.warning("Redis cannot be reached: each process counts the rate limits "
-                        "(questions, votes, sign-ins, viewers) by itself until it is back",
-                        extra={"error": str(error) or type(error).__name__,
-                               "retry_s": self.retry_s})
-
-    def _came_back(self) -> None:
         if self._down_since is not None:
-            log.info("Redis is back: the rate limits are shared by every process again",
-                        extra={"down_s": round(self.clock.monotonic() - self._down_since, 1)})
-            self._down_since = None
+            return
+        self._down_since = self.clock.monotonic()
+        log.warning("Redis cannot be reached: each process counts the rate limits "
+                    "(questions, votes, sign-ins, viewers) by itself until it is back",
+                    extra={"error": str(error) or type(error).__name__, "retry_s": self.retry_s})
+        if self._prober is None or self._prober.done():
+            self._prober = asyncio.create_task(self._probe(), name="rate-limit-redis-probe")
+
+    async def _probe(self) -> None:
+        while True:
+            await asyncio.sleep(self.retry_s)
+            try:
+                async with asyncio.timeout(self.deadline_s):
+                    await self.shared.peek("probe", _PROBE)
+            except UNREACHABLE:
+                continue
+            break
+        down_s = self.clock.monotonic() - (self._down_since or 0.0)
+        self._down_since = None
+        log.info("Redis is back: the rate limits are shared by every process again",
+                 extra={"down_s": round(down_s, 1)})
+
+
+_PROBE = RateLimit(1, 1)
