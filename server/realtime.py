@@ -56,12 +56,14 @@ class _RedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
     back up to a minute after Redis did, and what was published meanwhile
     was lost without anyone knowing. Here:
 
-    - a failed publish holds further publishes for ``retry_s`` (they would
-      fail too, and each would make an emitting request wait), and asks every
-      process to resync once Redis takes messages again;
+    - commands fail within about ``timeout_s`` (redisconn.fast_client);
+    - once Redis is known down, publishes are skipped (each would fail too,
+      and make the emitting request wait), and a background task asks every
+      other process to resync, every ``retry_s`` until Redis takes it; then
+      publishing resumes;
     - the listener retries every ``retry_s`` and, once subscribed again,
       sends ``resync`` to this process's own clients in every namespace, so
-      that pages refetch what they missed;
+      that pages refetch what they missed, and publishing resumes;
     - going down and coming back are logged once each, in words.
 
     It also keeps a lone ``null`` argument a ``null``: ``_handle_emit``
@@ -76,7 +78,6 @@ class _RedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         self.on_resync: Callable[[], Awaitable[None]] | None = None
         """Called after ``resync`` went out locally (the programme is pushed again)."""
         self._publisher: Redis | None = None
-        self._hold_until = 0.0
         self._down_since: float | None = None
         self._repair: asyncio.Task[None] | None = None
         self._resubscribed = asyncio.Event()
@@ -90,10 +91,10 @@ class _RedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         await super()._handle_emit(message)
 
     async def _publish(self, data: dict[str, Any]) -> None:
-        if time.monotonic() < self._hold_until:
-            self._lost_a_publish(None)
-        elif await self._send(data):
-            self._came_back()
+        if self._down_since is not None:
+            self._lost_a_publish(None)  # no emitting request waits on a Redis known down
+        else:
+            await self._send(data)
 
     async def _send(self, data: dict[str, Any]) -> bool:
         if self._publisher is None:
@@ -108,7 +109,6 @@ class _RedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
 
     def _lost_a_publish(self, error: BaseException | None) -> None:
         if error is not None:
-            self._hold_until = time.monotonic() + self.retry_s
             self._went_down(error)
         if self._repair is None or self._repair.done():
             self._repair = asyncio.create_task(self._ask_others_to_resync(),
@@ -122,8 +122,7 @@ class _RedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         while True:
             # Woken early when the listener is subscribed again: Redis is back.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(self._hold_until - time.monotonic(),
-                                               self.retry_s)):
+                async with asyncio.timeout(self.retry_s):
                     await self._resubscribed.wait()
             self._resubscribed.clear()
             if await self._send(request):
@@ -141,10 +140,8 @@ class _RedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
                 await pubsub.subscribe(self.channel)
                 if lost:
                     lost = False
-                    # Redis answers again: publish at once instead of after the pause.
-                    self._hold_until = 0.0
+                    self._came_back()  # publishing resumes at once
                     self._resubscribed.set()
-                    self._came_back()
                     await self.resync_locally("pushes between processes resumed")
                 async for message in pubsub.listen():
                     yield message
