@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -23,7 +24,9 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from server.settings import ConfigError
 from tests.helpers import PASSWORD, Http, Listener, unavailable
+from tests.helpers import test_settings as settings_for
 from tests.server.test_multiprocess import (
     ServerProcess,
     _adduser,
@@ -76,6 +79,15 @@ class PrivateRedis:
             self.proc.kill()
             await self.proc.wait()
         self.proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: connections are still accepted, nothing is answered (a hung host)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
 
     async def counts(self, pattern: str) -> list[int]:
         """How many hits each rate-limit key matching ``pattern`` holds."""
@@ -298,3 +310,60 @@ async def _serving(server: ServerProcess) -> bool:
         status, _, _ = await _health(server.base, "/healthz/serving")
         return status == 200
     return False
+
+
+
+async def test_a_redis_that_stops_answering_costs_one_request_a_moment_at_most(
+        tmp_path: Path, postgres_url: str, private_redis: PrivateRedis,
+        http: OpenHttp) -> None:
+    """A hung Redis (no refusal, no answer) is met by timeouts and a circuit breaker."""
+    await private_redis.start()
+    channel, (a, b) = await _start(tmp_path, postgres_url, private_redis, ("a", "b"))
+    consoles: dict[str, Listener] = {}
+    try:
+        await asyncio.gather(a.wait_healthy(), b.wait_healthy())
+        mod = await http(a.base)
+        await mod.sign_in("mod")
+        for server in (a, b):
+            consoles[server.name] = await Listener.connect(
+                server.base, "/moderation", mod.cookie_header(), events=("question", "resync"))
+        await _until(lambda: _subscribed(private_redis, f"{channel}:socketio", 2), 10,
+                     "both processes listening on Redis")
+
+        private_redis.pause()
+        status, body, took = await _health(a.base)
+        assert (status, body["checks"]["redis"]) == (503, "down") and took < PROMPT_S, took
+        accepted, times = [], []
+        for n in range(8):
+            status, body, _, took = await _ask(await http(a.base), f"Redis muet, {n} ?")
+            assert status == 201, body
+            accepted.append(body["id"])
+            times.append(took)
+            await consoles["a"].next("question", within=2,
+                                     where=lambda q, i=body["id"]: q["id"] == i)
+            await asyncio.sleep(0.25)  # a steady audience over about three seconds
+        # The first question met the timeouts (limit, then push): later ones do not wait.
+        assert times[0] < 2 * PROMPT_S and max(times[1:]) < 0.5, times
+
+        private_redis.resume()
+        # B's subscription never broke: A, whose pushes were lost, asks B to resync.
+        await consoles["b"].next("resync", within=RECOVERY_S)
+        status, listed, _ = await mod.request("GET", "/api/questions")
+        assert set(accepted) <= {q["id"] for q in listed}
+        await _until(lambda: _healthy(a.base), RECOVERY_S, "healthy once Redis answers")
+        status, body, _, _ = await _ask(await http(a.base), "Et Redis répond ?")
+        await consoles["b"].next("question", within=2, where=lambda q: q["id"] == body["id"])
+    finally:
+        private_redis.resume()
+        for console in consoles.values():
+            await console.close()
+        codes = await asyncio.gather(a.stop(), b.stop())
+    for server in (a, b):
+        assert "Traceback" not in server.output(), server.output()
+    assert codes == [0, 0]
+
+
+@pytest.mark.parametrize(("key", "value"), [("timeout_s", 0), ("retry_s", "soon")])
+def test_a_wrong_redis_timing_names_its_key(tmp_path: Path, key: str, value: Any) -> None:
+    with pytest.raises(ConfigError, match=f"redis.{key}"):
+        settings_for(tmp_path, redis={key: value})
