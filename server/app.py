@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
-from redis.asyncio import Redis
 
 from qa import routes as qa_routes
 from qa.service import QuestionService
@@ -18,7 +18,7 @@ from schedule.events import ProgrammeEnded, SegmentTaken
 from schedule.model import EventInfo, State
 from schedule.service import ProgrammeService
 from schedule.store import TakeLog
-from server import db, keys, pages
+from server import db, keys, pages, redisconn
 from server.auth import AuthService
 from server.clock import Clock, SpeedClock, SystemClock
 from server.events import EventBus
@@ -32,7 +32,12 @@ from server.http import (
 from server.i18n import Catalog
 from server.logs import quiet_refused_requests
 from server.metrics import Metrics, metrics_handler, metrics_middleware
-from server.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from server.ratelimit import (
+    FallbackRateLimiter,
+    MemoryRateLimiter,
+    RateLimiter,
+    RedisRateLimiter,
+)
 from server.realtime import Broadcaster, create_sio, register_namespaces
 from server.settings import Settings
 from server.staffsockets import StaffSockets
@@ -110,6 +115,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
     app.cleanup_ctx.append(tv_routes.rotation_watcher)
 
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/healthz/{serving:serving}", healthz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_routes(pages.routes)
     app.router.add_routes(qa_routes.routes)
@@ -127,10 +133,24 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
-    url = app[keys.SETTINGS].redis_url
-    client = Redis.from_url(url) if url else None
-    if client is not None:
-        await client.ping()
+    """The shared Redis client; a Redis away at start-up is waited for, not fatal.
+
+    Everything that uses Redis copes without it (limits per process, pushes
+    resumed later, see README), so a process that starts during an outage
+    serves degraded rather than refusing to start.
+    """
+    settings = app[keys.SETTINGS]
+    client = None
+    if settings.redis_url:
+        client = redisconn.fast_client(settings.redis_url, settings.redis_timeout_s)
+        try:
+            async with asyncio.timeout(redisconn.deadline(settings.redis_timeout_s)):
+                await client.ping()
+        except redisconn.UNREACHABLE as e:
+            log.warning("Redis cannot be reached at start-up: starting without it; "
+                        "limits are per process and pushes stay in this process until it answers",
+                        extra={"redis": settings.redis_url.split("@")[-1],
+                               "error": str(e) or type(e).__name__})
     app[keys.REDIS] = client
     yield
     if client is not None:
@@ -140,8 +160,11 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
 async def _services(app: web.Application) -> AsyncIterator[None]:
     settings, clock = app[keys.SETTINGS], app[keys.CLOCK]
     redis = app[keys.REDIS]
-    limiter: RateLimiter = (RedisRateLimiter(redis, settings.redis_channel, clock)
-                            if redis is not None else MemoryRateLimiter(clock))
+    limiter: RateLimiter = MemoryRateLimiter(clock)
+    if redis is not None:
+        limiter = FallbackRateLimiter(RedisRateLimiter(redis, settings.redis_channel, clock),
+                                      limiter, clock, redisconn.deadline(settings.redis_timeout_s),
+                                      settings.redis_retry_s)
     app[keys.LIMITER] = limiter
     app[keys.AUTH] = AuthService(app[keys.ENGINE], clock, limiter, settings.http.session_hours,
                                  settings.auth.login_failures,
@@ -155,6 +178,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     await questions.start()
     yield
     await questions.stop()
+    if isinstance(limiter, FallbackRateLimiter):
+        await limiter.aclose()
 
 
 async def _programme(app: web.Application) -> AsyncIterator[None]:
@@ -226,20 +251,77 @@ async def _video(app: web.Application) -> AsyncIterator[None]:
     await tv.stop()
 
 
+# A health check answers within about a second, even when the database pool
+# is contended or Redis is blackholed: a load balancer's check times out too.
+_DATABASE_CHECK_S = 1.0
+
+
 async def healthz(request: web.Request) -> web.Response:
-    if not await db.ping(request.app[keys.ENGINE]):
+    """200 when every dependency answers; 503 naming the ones that do not.
+
+    ``/healthz/serving`` is the same check, but answers 200 while this
+    process can still serve (Redis down is "degraded"): point a load
+    balancer there, or a Redis outage, which every process sees at once,
+    would take every process out of the pool (README).
+    """
+    checks = await _checks(request.app)
+    down = [name for name, state in checks.items() if state == "down"]
+    if request.match_info.get("serving"):
+        down = [name for name in down if name != "redis"]
+    if down:
         return json_response({"status": "unavailable", "error": "service_unavailable",
-                              "message": "the database cannot be reached"}, status=503)
-    writes = request.app[keys.DB_WRITES]
-    await writes.probe(request.app[keys.CLOCK].now())
-    if writes.failure is not None:
-        return json_response({"status": "unavailable", "error": "service_unavailable",
-                              "message": f"the database refuses writes: {writes.failure}"},
-                             status=503)
-    if not request.app[keys.PROGRAMME].running:
-        return json_response({"status": "unavailable", "error": "service_unavailable",
-                              "message": "the programme engine is not running"}, status=503)
-    if keys.TV in request.app and not request.app[keys.TV].running:
-        return json_response({"status": "unavailable", "error": "service_unavailable",
-                              "message": "the programme video is not running"}, status=503)
-    return json_response({"status": "ok"})
+                              "message": _down_message(down), "checks": checks}, status=503)
+    status = "degraded" if "down" in checks.values() else "ok"
+    return json_response({"status": status, "checks": checks})
+
+
+async def _checks(app: web.Application) -> dict[str, str]:
+    database, writes, redis = await asyncio.gather(
+        _database_answers(app), _database_writes(app), _redis_answers(app))
+    checks = {"database": database, "database_writes": writes, "redis": redis,
+              "programme": "ok" if app[keys.PROGRAMME].running else "down"}
+    if keys.TV in app:
+        checks["video"] = "ok" if app[keys.TV].running else "down"
+    return checks
+
+
+async def _database_answers(app: web.Application) -> str:
+    try:
+        async with asyncio.timeout(_DATABASE_CHECK_S):
+            return "ok" if await db.ping(app[keys.ENGINE]) else "down"
+    except TimeoutError:
+        return "down"
+
+
+async def _database_writes(app: web.Application) -> str:
+    """A ping only reads: a full disk or a read-only file shows in the last write."""
+    writes = app[keys.DB_WRITES]
+    try:
+        async with asyncio.timeout(_DATABASE_CHECK_S):
+            await writes.probe(app[keys.CLOCK].now())
+    except TimeoutError:
+        pass  # the probe's verdict waits for the next check; the last one stands
+    return "ok" if writes.failure is None else "down"
+
+
+async def _redis_answers(app: web.Application) -> str:
+    client = app[keys.REDIS]
+    if client is None:
+        return "not_configured"
+    try:
+        async with asyncio.timeout(redisconn.deadline(app[keys.SETTINGS].redis_timeout_s)):
+            await client.ping()
+    except redisconn.UNREACHABLE:
+        return "down"
+    return "ok"
+
+
+_DOWN_WORDS = {"database": "the database cannot be reached",
+               "database_writes": "the database refuses writes (disk full or read-only?)",
+               "redis": "Redis cannot be reached",
+               "programme": "the programme engine is not running",
+               "video": "the programme video is not running"}
+
+
+def _down_message(down: list[str]) -> str:
+    return "; ".join(_DOWN_WORDS[name] for name in down)

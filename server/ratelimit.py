@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import uuid
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, TypeVar
 
 from server.clock import Clock
+from server.redisconn import UNREACHABLE
 from server.settings import RateLimit
+
+log = logging.getLogger("tv.ratelimit")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -21,6 +28,8 @@ class Claim:
     """None: allowed and counted; else the seconds before the next one would be."""
     member: str = ""
     """Which entry of the window is this action's, so that ``release`` removes only it."""
+    local: bool = False
+    """Counted by this process while Redis was away (FallbackRateLimiter)."""
 
 
 class RateLimiter(Protocol):
@@ -135,3 +144,93 @@ class RedisRateLimiter:
     async def release(self, claim: Claim) -> None:
         if claim.wait_s is None:
             await self.redis.zrem(f"{self.prefix}:rl:{claim.key}", claim.member)
+
+
+
+class FallbackRateLimiter:
+    """Redis's show-wide limits while Redis answers; this process's own meanwhile.
+
+    A limit that cannot be checked must not turn a question, a vote or a
+    sign-in into an error: while Redis is away each process counts by itself
+    (with N processes a viewer may get up to N times the limit, for as long
+    as the outage lasts). A circuit breaker: after a failure no request asks
+    Redis again; a background probe does, every ``retry_s``, so that only the
+    request that met the failure waited for it.
+    """
+
+    def __init__(self, shared: RateLimiter, local: RateLimiter, clock: Clock,
+                 deadline_s: float, retry_s: float) -> None:
+        self.shared = shared
+        self.local = local
+        self.clock = clock
+        self.deadline_s = deadline_s
+        self.retry_s = retry_s
+        self._down_since: float | None = None
+        self._prober: asyncio.Task[None] | None = None
+
+    async def hit(self, key: str, limit: RateLimit) -> float | None:
+        return await self._either(lambda limiter: limiter.hit(key, limit))
+
+    async def peek(self, key: str, limit: RateLimit) -> float | None:
+        return await self._either(lambda limiter: limiter.peek(key, limit))
+
+    async def claim(self, key: str, limit: RateLimit) -> Claim:
+        if self._down_since is None:
+            try:
+                async with asyncio.timeout(self.deadline_s):
+                    return await self.shared.claim(key, limit)
+            except UNREACHABLE as e:
+                self._went_down(e)
+        return replace(await self.local.claim(key, limit), local=True)
+
+    async def release(self, claim: Claim) -> None:
+        """Give the claim back where it was counted (Redis may have come or gone since)."""
+        if claim.local:
+            await self.local.release(claim)
+            return
+        with contextlib.suppress(*UNREACHABLE):  # the entry ages out of the window anyway
+            async with asyncio.timeout(self.deadline_s):
+                await self.shared.release(claim)
+
+    async def aclose(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
+
+    async def _either(self, use: Callable[[RateLimiter], Awaitable[_T]]) -> _T:
+        """``use`` on Redis while it answers, else on this process."""
+        if self._down_since is None:
+            try:
+                async with asyncio.timeout(self.deadline_s):
+                    return await use(self.shared)
+            except UNREACHABLE as e:
+                self._went_down(e)
+        return await use(self.local)
+
+    def _went_down(self, error: BaseException) -> None:
+        if self._down_since is not None:
+            return
+        self._down_since = self.clock.monotonic()
+        log.warning("Redis cannot be reached: each process counts the rate limits "
+                    "(questions, votes, sign-ins, viewers) by itself until it is back",
+                    extra={"error": str(error) or type(error).__name__, "retry_s": self.retry_s})
+        if self._prober is None or self._prober.done():
+            self._prober = asyncio.create_task(self._probe(), name="rate-limit-redis-probe")
+
+    async def _probe(self) -> None:
+        while True:
+            await asyncio.sleep(self.retry_s)
+            try:
+                async with asyncio.timeout(self.deadline_s):
+                    await self.shared.peek("probe", _PROBE)
+            except UNREACHABLE:
+                continue
+            break
+        down_s = self.clock.monotonic() - (self._down_since or 0.0)
+        self._down_since = None
+        log.info("Redis is back: the rate limits are shared by every process again",
+                 extra={"down_s": round(down_s, 1)})
+
+
+_PROBE = RateLimit(1, 1)

@@ -1,7 +1,8 @@
 """Socket.IO: the server, its namespaces, and domain events mapped to rooms.
 
 With ``[redis] url`` set, python-socketio's Redis manager carries every emit
-to the clients of every process sharing that Redis.
+to the clients of every process sharing that Redis; when Redis is lost and
+back, every process sends ``resync`` to its own clients, who refetch.
 """
 
 from __future__ import annotations
@@ -9,17 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import socketio
 from aiohttp import web
+from redis.asyncio import Redis
 
 from qa.events import OnAirChanged, QuestionChanged, QuestionRemoved, QuestionSubmitted
 from qa.model import Question, staff_view, viewer_view
 from qa.service import VotesChanged
 from schedule.events import ProgrammeChanged
-from server import keys
+from server import keys, redisconn
 from server.auth import SESSION_COOKIE, Role
 from server.events import EventBus
 from server.http import VIEWER_COOKIE
@@ -43,18 +46,154 @@ def viewer_room(viewer_id: str) -> str:
 
 
 class _RedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
-    """python-socketio's Redis manager, keeping a lone ``null`` argument a ``null``.
+    """python-socketio's Redis manager, made to live through a Redis outage.
 
-    Every emit goes through ``_handle_emit``, in the emitting process as in
-    the others; it unwraps a one-argument list, then reads the ``None`` it got
-    as "no argument at all". ``on_air`` cleared (``null``) would reach every
-    client as an event without its argument. A 1-tuple stays one argument.
+    What python-socketio 5.18.1 does by itself (``async_pubsub_manager.py``,
+    ``async_redis_manager.py``): an emit reaches this process's own clients
+    directly (``_handle_emit``), then goes to Redis for the other processes
+    (``_publish``: two attempts, then the message is dropped with an error
+    log; a new client per attempt, the old ones never closed). Its listener
+    retries after 1, 2, 4 ... 60 s, so pushes from the other processes came
+    back up to a minute after Redis did, and what was published meanwhile
+    was lost without anyone knowing. Here:
+
+    - commands fail within about ``timeout_s`` (redisconn.fast_client);
+    - once Redis is known down, publishes are skipped (each would fail too,
+      and make the emitting request wait), and a background task asks every
+      other process to resync, every ``retry_s`` until Redis takes it; then
+      publishing resumes;
+    - the listener retries every ``retry_s`` and, once subscribed again,
+      sends ``resync`` to this process's own clients in every namespace, so
+      that pages refetch what they missed, and publishing resumes;
+    - going down and coming back are logged once each, in words.
+
+    It also keeps a lone ``null`` argument a ``null``: ``_handle_emit``
+    unwraps a one-argument list and reads the ``None`` it got as "no argument
+    at all"; ``on_air`` cleared would reach clients without its argument.
     """
 
+    def __init__(self, url: str, channel: str, timeout_s: float, retry_s: float) -> None:
+        super().__init__(url, channel=channel)
+        self.timeout_s = timeout_s
+        self.retry_s = retry_s
+        self.on_resync: Callable[[], Awaitable[None]] | None = None
+        """Called after ``resync`` went out locally (the programme is pushed again)."""
+        self._publisher: Redis | None = None
+        self._down_since: float | None = None
+        self._repair: asyncio.Task[None] | None = None
+        self._resubscribed = asyncio.Event()
+
     async def _handle_emit(self, message: dict[str, Any]) -> None:
+        if message.get("event") == _RESYNC_REQUEST:
+            await self.resync_locally("another process lost pushes")
+            return
         if message.get("data") == [None] and not message.get("binary"):
             message = {**message, "data": [(None,)]}
         await super()._handle_emit(message)
+
+    async def _publish(self, data: dict[str, Any]) -> None:
+        if self._down_since is not None:
+            self._lost_a_publish(None)  # no emitting request waits on a Redis known down
+        else:
+            await self._send(data)
+
+    async def _send(self, data: dict[str, Any]) -> bool:
+        if self._publisher is None:
+            self._publisher = redisconn.fast_client(self.redis_url, self.timeout_s)
+        try:
+            async with asyncio.timeout(redisconn.deadline(self.timeout_s)):
+                await self._publisher.publish(self.channel, self.json.dumps(data))
+        except redisconn.UNREACHABLE as e:
+            self._lost_a_publish(e)
+            return False
+        return True
+
+    def _lost_a_publish(self, error: BaseException | None) -> None:
+        if error is not None:
+            self._went_down(error)
+        if self._repair is None or self._repair.done():
+            self._repair = asyncio.create_task(self._ask_others_to_resync(),
+                                               name="socketio-resync-request")
+
+    async def _ask_others_to_resync(self) -> None:
+        """Until Redis takes it: every other process resyncs its clients."""
+        request = {"method": "emit", "event": _RESYNC_REQUEST, "data": [None],
+                   "namespace": PUBLIC, "room": None, "skip_sid": None, "callback": None,
+                   "binary": False, "host_id": self.host_id}
+        while True:
+            # Woken early when the listener is subscribed again: Redis is back.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.retry_s):
+                    await self._resubscribed.wait()
+            self._resubscribed.clear()
+            if await self._send(request):
+                self._came_back()
+                return
+
+    async def _redis_listen_with_retries(self) -> AsyncIterator[dict[str, Any]]:
+        lost = False
+        while True:
+            # No retry inside redis-py: a reconnection it made quietly would
+            # hide that messages were lost meanwhile.
+            client = redisconn.fast_client(self.redis_url, self.timeout_s, retries=0)
+            self.pubsub = pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                if lost:
+                    lost = False
+                    self._came_back()  # publishing resumes at once
+                    self._resubscribed.set()
+                    await self.resync_locally("pushes between processes resumed")
+                async for message in pubsub.listen():
+                    yield message
+            except redisconn.UNREACHABLE as e:
+                lost = True
+                self._went_down(e)
+            finally:
+                with contextlib.suppress(*redisconn.UNREACHABLE):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await client.aclose()
+            await asyncio.sleep(self.retry_s)
+
+    async def resync_locally(self, reason: str) -> None:
+        """Tell this process's clients (only) to refetch what they show."""
+        for namespace in (PUBLIC, MODERATION, CONTROL, CONTRIBUTE):
+            await self.emit("resync", {"reason": reason}, namespace=namespace,
+                            ignore_queue=True)
+        if self.on_resync is not None:
+            try:
+                await self.on_resync()
+            except Exception:  # the resync itself went out; keep listening
+                log.exception("pushing the programme again after a resync failed")
+
+    async def aclose(self) -> None:
+        """Stop listening and close the clients (python-socketio leaves them open)."""
+        for task in (getattr(self, "thread", None), self._repair):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._publisher is not None:
+            await self._publisher.aclose()
+
+    def _went_down(self, error: BaseException) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning("Redis cannot be reached: pushes from other processes are held, "
+                        "clients will be told to catch up once it is back",
+                        extra={"error": str(error) or type(error).__name__,
+                               "retry_s": self.retry_s})
+
+    def _came_back(self) -> None:
+        if self._down_since is not None:
+            log.info("Redis is back: pushes reach the clients of every process again",
+                     extra={"down_s": round(time.monotonic() - self._down_since, 1)})
+            self._down_since = None
+
+
+# Carried through Redis like an emit, but handled by each receiving process
+# (a resync of its own clients) instead of being forwarded as an event.
+_RESYNC_REQUEST = "tv:resync-request"
 
 
 class _TolerantPacket(socketio.packet.Packet):  # type: ignore[misc]
@@ -81,7 +220,8 @@ class _TolerantPacket(socketio.packet.Packet):  # type: ignore[misc]
 def create_sio(settings: Settings) -> socketio.AsyncServer:
     manager = None
     if settings.redis_url:
-        manager = _RedisManager(settings.redis_url, channel=f"{settings.redis_channel}:socketio")
+        manager = _RedisManager(settings.redis_url, f"{settings.redis_channel}:socketio",
+                                settings.redis_timeout_s, settings.redis_retry_s)
     return socketio.AsyncServer(async_mode="aiohttp", client_manager=manager,
                                 ping_interval=20, ping_timeout=20,
                                 max_http_buffer_size=64 * 1024, serializer=_TolerantPacket)
@@ -174,6 +314,15 @@ class Broadcaster:
         self.programme_view = programme_view
         self._votes: dict[int, Question] = {}
         self._flusher: asyncio.Task[None] | None = None
+        if isinstance(sio.manager, _RedisManager):
+            # Control rooms and contributor pages follow the programme from
+            # pushes only: after a resync they get it as it is now.
+            sio.manager.on_resync = self.push_programme_locally
+
+    async def push_programme_locally(self) -> None:
+        body = self.programme_view()
+        for namespace in (PUBLIC, MODERATION, CONTROL, CONTRIBUTE):
+            await self.sio.emit("programme", body, namespace=namespace, ignore_queue=True)
 
     def subscribe(self, bus: EventBus) -> None:
         bus.subscribe(QuestionSubmitted, self.on_submitted)
@@ -242,6 +391,8 @@ class Broadcaster:
         self._flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._flusher
+        if isinstance(self.sio.manager, _RedisManager):
+            await self.sio.manager.aclose()
 
 
 def register_namespaces(sio: socketio.AsyncServer, app: web.Application,

@@ -153,6 +153,10 @@ class Settings:
     """Set by ``run.py --rehearsal``: the show runs from now, this many times faster."""
     redis_url: str = ""
     redis_channel: str = "tv"
+    redis_timeout_s: float = 0.5
+    """How long one Redis command may take before Redis counts as unreachable."""
+    redis_retry_s: float = 1.0
+    """After a Redis failure, how long to do without it before trying again."""
     http: HttpSettings = HttpSettings()
     qa: QaSettings = QaSettings()
     auth: AuthSettings = AuthSettings()
@@ -265,6 +269,8 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
         rehearsal_database_url=rehearsal_url,
         redis_url=r.string("redis.url", ""),
         redis_channel=r.string("redis.channel", "tv"),
+        redis_timeout_s=r.number("redis.timeout_s", 0.5, lo=0.05, hi=10.0),
+        redis_retry_s=r.number("redis.retry_s", 1.0, lo=0.1, hi=60.0),
         http=http,
         qa=qa,
         auth=auth,

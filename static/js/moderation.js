@@ -1128,6 +1128,9 @@ if (socket) {
   // The session ended (signed out elsewhere, password or role reset, expiry):
   // the server closes this socket; sign in again.
   socket.on("signed_out", goToLogin);
+  // The server lost pushes between its processes (Redis away): what we show
+  // may lack what was pushed meanwhile, so fetch it all again.
+  socket.on("resync", loadAll);
 }
 
 setInterval(() => refreshRelativeTimes(consoleNode), 30_000);

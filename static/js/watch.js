@@ -503,6 +503,21 @@ if (socket) {
   });
   socket.on("on_air", (question) => showOnAir(question || null));
   socket.on("programme", renderProgramme);
+  // The server lost pushes between its processes (Redis away): fetch again
+  // what we show, which may lack what was pushed meanwhile.
+  socket.on("resync", () => {
+    loadPublic().then(loadOnAir);
+    loadMine();
+    loadProgramme();
+  });
+}
+
+async function loadProgramme() {
+  try {
+    renderProgramme(await fetchJSON("/api/programme"));
+  } catch {
+    /* not essential: the next programme push will tell us */
+  }
 }
 
 async function loadOnAir() {
