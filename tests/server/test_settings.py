@@ -113,8 +113,8 @@ async def test_run_py_with_a_bad_config_exits_2_naming_the_key(tmp_path):
 async def test_healthz(base_url, http):
     status, body, _ = await (await http(base_url)).request("GET", "/healthz")
     assert (status, body["status"]) == (200, "ok")
-    assert body["checks"] == {"database": "ok", "redis": "not_configured", "programme": "ok",
-                              "video": "ok"}
+    assert body["checks"] == {"database": "ok", "database_writes": "ok",
+                              "redis": "not_configured", "programme": "ok", "video": "ok"}
 
 
 async def metrics(client: Any) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
