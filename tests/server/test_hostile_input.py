@@ -130,6 +130,17 @@ async def _stored_questions_are_clean(server: TestServer) -> None:
         assert q.author is None or len(q.author) <= 60
 
 
+async def _as_staff(target: TestServer, method: str, path: str, what: Any,
+                    headers: dict[str, str] | None = None, **kwargs: Any) -> None:
+    """Send a request as the signed-in admin, with the CSRF token, and check the answer."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+        staff = Http(_base(target), client)
+        await staff.sign_in("marie", PASSWORD)
+        async with client.request(method, _base(target) + path, headers={
+                **(headers or {}), "X-CSRF-Token": staff.csrf or ""}, **kwargs) as resp:
+            await _check(resp, what)
+
+
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -157,12 +168,8 @@ async def test_raw_bodies_on_every_json_route(target: TestServer, raw: bytes,
                                               route: tuple[str, str],
                                               caplog: pytest.LogCaptureFixture) -> None:
     method, path = route
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
-        staff = Http(_base(target), client)
-        await staff.sign_in("marie", PASSWORD)
-        async with client.request(method, _base(target) + path, data=raw, headers={
-                "Content-Type": "application/json", "X-CSRF-Token": staff.csrf or ""}) as resp:
-            await _check(resp, (route, raw[:80]))
+    await _as_staff(target, method, path, (route, raw[:80]), data=raw,
+                    headers={"Content-Type": "application/json"})
     _no_tracebacks(caplog)
 
 
@@ -175,12 +182,7 @@ async def test_staff_routes_take_any_json(target: TestServer, body: Any, piece: 
                                           route: tuple[str, str],
                                           caplog: pytest.LogCaptureFixture) -> None:
     method, path = route
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
-        staff = Http(_base(target), client)
-        await staff.sign_in("marie", PASSWORD)
-        async with client.request(method, _base(target) + path.format(piece), json=body,
-                                  headers={"X-CSRF-Token": staff.csrf or ""}) as resp:
-            await _check(resp, (route, piece, body))
+    await _as_staff(target, method, path.format(piece), (route, piece, body), json=body)
     _no_tracebacks(caplog)
 
 

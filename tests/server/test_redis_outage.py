@@ -130,6 +130,22 @@ async def _start(tmp_path: Path, postgres_url: str, redis: PrivateRedis,
     return channel, servers
 
 
+async def _consoles_on_both(a: ServerProcess, b: ServerProcess, redis: PrivateRedis,
+                            channel: str, http: OpenHttp,
+                            consoles: dict[str, Listener]) -> Http:
+    """Once both are healthy: a moderator signed in on A, with a console on each process
+    (into ``consoles``), both processes listening on Redis."""
+    await asyncio.gather(a.wait_healthy(), b.wait_healthy())
+    mod = await http(a.base)
+    await mod.sign_in("mod")
+    for server in (a, b):
+        consoles[server.name] = await Listener.connect(
+            server.base, "/moderation", mod.cookie_header(), events=("question", "resync"))
+    await _until(lambda: _subscribed(redis, f"{channel}:socketio", 2), 10,
+                 "both processes listening on Redis")
+    return mod
+
+
 async def _until(condition: Callable[[], Awaitable[bool]], within: float, what: str) -> float:
     """Poll ``condition`` until true; how long it took."""
     started = time.monotonic()
@@ -171,14 +187,7 @@ async def test_questions_survive_a_redis_outage_and_consoles_catch_up(
     channel, (a, b) = await _start(tmp_path, postgres_url, private_redis, ("a", "b"))
     consoles: dict[str, Listener] = {}
     try:
-        await asyncio.gather(a.wait_healthy(), b.wait_healthy())
-        mod = await http(a.base)
-        await mod.sign_in("mod")
-        for server in (a, b):
-            consoles[server.name] = await Listener.connect(
-                server.base, "/moderation", mod.cookie_header(), events=("question", "resync"))
-        await _until(lambda: _subscribed(private_redis, f"{channel}:socketio", 2), 10,
-                     "both processes listening on Redis")
+        mod = await _consoles_on_both(a, b, private_redis, channel, http, consoles)
 
         # --- Redis goes away ------------------------------------------------------
         await private_redis.stop()
@@ -321,14 +330,7 @@ async def test_a_redis_that_stops_answering_costs_one_request_a_moment_at_most(
     channel, (a, b) = await _start(tmp_path, postgres_url, private_redis, ("a", "b"))
     consoles: dict[str, Listener] = {}
     try:
-        await asyncio.gather(a.wait_healthy(), b.wait_healthy())
-        mod = await http(a.base)
-        await mod.sign_in("mod")
-        for server in (a, b):
-            consoles[server.name] = await Listener.connect(
-                server.base, "/moderation", mod.cookie_header(), events=("question", "resync"))
-        await _until(lambda: _subscribed(private_redis, f"{channel}:socketio", 2), 10,
-                     "both processes listening on Redis")
+        mod = await _consoles_on_both(a, b, private_redis, channel, http, consoles)
 
         private_redis.pause()
         status, body, took = await _health(a.base)
