@@ -505,10 +505,14 @@ if (socket) {
   socket.on("programme", renderProgramme);
   // The server lost pushes between its processes (Redis away): fetch again
   // what we show, which may lack what was pushed meanwhile.
+  // Every viewer hears "resync" at the same moment: spread the refetches
+  // over a few seconds so that a whole audience does not ask at once.
   socket.on("resync", () => {
-    loadPublic().then(loadOnAir);
-    loadMine();
-    loadProgramme();
+    window.setTimeout(() => {
+      loadPublic().then(loadOnAir);
+      loadMine();
+      loadProgramme();
+    }, Math.random() * 5000);
   });
 }
 
