@@ -17,6 +17,21 @@ const strings = readEmbeddedJSON("i18n", {});
 export const config = readEmbeddedJSON("page-config", {});
 
 /** The page language: "fr" or "en". */
+/**
+ * When the server says a staff session ended, go and sign in again, unless
+ * this very page is signing out (the staff bar's form): its own answer leads
+ * to the watch page, and must not be overtaken by the socket's news.
+ */
+let signingOut = false;
+document.querySelector(".staff-badge__form")?.addEventListener("submit", () => {
+  signingOut = true;
+});
+export function onSessionEnded(goToLogin) {
+  return () => {
+    if (!signingOut) goToLogin();
+  };
+}
+
 export const lang = config.lang || document.documentElement.lang || "fr";
 
 /**

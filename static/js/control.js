@@ -13,6 +13,7 @@ import {
   formatSigned,
   formatTime,
   onAirEnds,
+  onSessionEnded,
   segmentTitle,
   showStatus,
   siteName,
@@ -450,7 +451,7 @@ if (socket) {
     if (changed) render();
   });
   // The session ended or the role changed: the server closes this socket.
-  socket.on("signed_out", goToLogin);
+  socket.on("signed_out", onSessionEnded(goToLogin));
   socket.on("connect_error", async () => {
     // Refused at connect: the session has probably ended.
     if (socket.active) return;

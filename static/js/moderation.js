@@ -15,6 +15,7 @@ import {
   formatNumber,
   formatTime,
   onAirEnds,
+  onSessionEnded,
   ProgrammeClock,
   refreshRelativeTimes,
   segmentTitle,
@@ -1127,7 +1128,7 @@ if (socket) {
   socket.on("programme", (body) => setProgramme(body));
   // The session ended (signed out elsewhere, password or role reset, expiry):
   // the server closes this socket; sign in again.
-  socket.on("signed_out", goToLogin);
+  socket.on("signed_out", onSessionEnded(goToLogin));
   // The server lost pushes between its processes (Redis away): what we show
   // may lack what was pushed meanwhile, so fetch it all again.
   socket.on("resync", loadAll);
