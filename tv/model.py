@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import ipaddress
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,23 +104,6 @@ def tally(feed: str, on_air_source: str | None, next_source: str | None) -> Tall
     if feed == next_source:
         return Tally.NEXT
     return Tally.OFF
-
-
-def address_group(address: str) -> str:
-    """Who counts as one client for the per-address limits.
-
-    An IPv4 address as it is; an IPv6 address by its /64, the network one
-    subscriber is given and whose 2**64 addresses any one host may use.
-    """
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip.packed, 64), strict=False))
-    return str(ip)
 
 
 class RecentlyEnded:

@@ -37,7 +37,6 @@ from tv.errors import (
     ViewersFull,
 )
 from tv.events import FeedCued
-from tv.model import address_group
 from tv.namespace import CONTRIBUTE
 from tv.service import TvService
 from tv.store import same_token, well_formed_token
@@ -336,7 +335,7 @@ async def _watch(request: web.Request, feed: str | None,
 async def whep_programme(request: web.Request) -> web.Response:
     _tv(request)  # 503 at once in a process without video (--no-video)
     _require_sdp(request)
-    origin = address_group(client_ip(request))
+    origin = client_ip(request)  # an IPv6 client by its /64, as every limit counts it
     limit = request.app[keys.SETTINGS].video.whep_rate
     wait = await request.app[keys.LIMITER].hit(f"whep:{origin}", limit)
     if wait is not None:

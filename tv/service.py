@@ -197,7 +197,7 @@ class TvService:
 
         ``feed`` None: the programme; a feed id: that source alone (staff), as
         its own channel, encoded once however many staff watch it. ``origin``:
-        the anonymous viewer's address group (tv.model.address_group), which
+        the anonymous viewer's address (an IPv6 one by its /64: server.http.client_ip), which
         may hold ``[video] viewers_per_address`` sessions at once.
         """
         key = PROGRAMME if feed is None else self._source(feed).id
