@@ -126,10 +126,15 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    async for engine in db.engine_context(app[keys.SETTINGS].database_url):
+    url = app[keys.SETTINGS].database_url
+    async for engine in db.engine_context(url):
         app[keys.ENGINE] = engine
         app[keys.DB_WRITES] = db.WriteHealth(engine)
-        yield
+        control = app[keys.CONTROL_ENGINE] = db.control_engine(url)
+        try:
+            yield
+        finally:
+            await control.dispose()
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
@@ -166,8 +171,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
                                       limiter, clock, redisconn.deadline(settings.redis_timeout_s),
                                       settings.redis_retry_s)
     app[keys.LIMITER] = limiter
-    app[keys.AUTH] = AuthService(app[keys.ENGINE], clock, limiter, settings.http.session_hours,
-                                 settings.auth.login_failures,
+    app[keys.AUTH] = AuthService(app[keys.CONTROL_ENGINE], clock, limiter,
+                                 settings.http.session_hours, settings.auth.login_failures,
                                  user_failures=settings.auth.login_failures_per_user,
                                  publish=app[keys.BUS].publish)
     questions = QuestionService(QuestionStore(app[keys.ENGINE]), limiter, clock,
@@ -189,7 +194,7 @@ async def _programme(app: web.Application) -> AsyncIterator[None]:
     if settings.rehearsal_speed:
         # The same running order, moved to start now, in a log of its own.
         plan, show = plan.shifted(clock.now() - plan.planned_start), "rehearsal"
-    store = TakeLog(app[keys.ENGINE], show)
+    store = TakeLog(app[keys.CONTROL_ENGINE], show)
     if settings.rehearsal_speed:
         await store.clear()
     service = ProgrammeService(store, plan, clock, app[keys.BUS].publish,
@@ -214,7 +219,7 @@ _THE_END = "Merci et à bientôt !"
 async def _video(app: web.Application) -> AsyncIterator[None]:
     """The media core; it follows the programme, which started before it."""
     settings, clock, bus = app[keys.SETTINGS], app[keys.CLOCK], app[keys.BUS]
-    app[keys.FEED_TOKENS] = FeedTokenStore(app[keys.ENGINE], clock)
+    app[keys.FEED_TOKENS] = FeedTokenStore(app[keys.CONTROL_ENGINE], clock)
     app[keys.PUBLISHERS] = tv_routes.Publishers()
     if not settings.video.serve:
         # Another process (the video process) takes WHIP and WHEP; through

@@ -28,13 +28,23 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 72_090_509
 
 
-def make_engine(url: str) -> AsyncEngine:
-    """An engine for SQLite (file made on demand) or PostgreSQL."""
+def make_engine(url: str, pool_size: int | None = None,
+                max_overflow: int | None = None) -> AsyncEngine:
+    """An engine for SQLite (file made on demand) or PostgreSQL.
+
+    ``pool_size`` and ``max_overflow`` default to the audience's engine's
+    (SQLAlchemy's 5 + 10 on SQLite, 10 + 20 on PostgreSQL).
+    """
+    pool: dict[str, int] = {}
+    if pool_size is not None:
+        pool["pool_size"] = pool_size
+    if max_overflow is not None:
+        pool["max_overflow"] = max_overflow
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **pool)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -48,7 +58,17 @@ def make_engine(url: str) -> AsyncEngine:
             cur.close()
 
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_async_engine(url, **{"pool_size": 10, "max_overflow": 20, **pool},
+                               pool_pre_ping=True)
+
+
+def control_engine(url: str) -> AsyncEngine:
+    """The programme's own path to the database: the take log, feed tokens, staff sign-in.
+
+    A few connections that audience traffic (questions, votes, lists) never
+    holds, so that a take is written at once however busy the audience pool is.
+    """
+    return make_engine(url, pool_size=2, max_overflow=3)
 
 
 def _alembic_config(connection: Connection) -> Config:

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 ENGINE: web.AppKey[AsyncEngine] = web.AppKey("engine")
+"""The audience's path to the database: questions, votes, lists."""
+CONTROL_ENGINE: web.AppKey[AsyncEngine] = web.AppKey("control_engine")
+"""The programme's own path: take log, feed tokens, staff sign-in (server.db.control_engine)."""
 DB_WRITES: web.AppKey[WriteHealth] = web.AppKey("db_writes")
 REDIS: web.AppKey[Redis | None] = web.AppKey("redis")
 BUS: web.AppKey[EventBus] = web.AppKey("bus")
