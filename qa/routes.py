@@ -26,13 +26,14 @@ from qa.service import QuestionService
 from server import keys
 from server.auth import Role
 from server.http import (
-    STORAGE_RETRY_S,
     ApiError,
     client_ip,
     current_staff,
     json_response,
     read_json,
     require_staff,
+    retry_later,
+    storage_unavailable,
 )
 
 routes = web.RouteTableDef()
@@ -50,17 +51,14 @@ async def _domain_errors(rate_code: str = "rate_limited") -> AsyncIterator[None]
         current = staff_view(e.current)
         raise ApiError(409, e.code, extra={**current, "current": current}) from e
     except StorageUnavailable as e:
-        raise ApiError(503, e.code, headers={"Retry-After": str(STORAGE_RETRY_S)},
-                       extra={"retry_after_s": STORAGE_RETRY_S}) from e
+        raise storage_unavailable() from e
     except QuestionNotStored as e:
         raise ApiError(422, e.code) from e
     except (CannotMerge, NotPublishable) as e:
         raise ApiError(409, e.code) from e
     except RateLimited as e:
-        seconds = math.ceil(e.retry_after_s)
-        raise ApiError(429, rate_code, headers={"Retry-After": str(seconds)},
-                       extra={"retry_after_s": seconds},
-                       minutes=max(1, math.ceil(seconds / 60))) from e
+        raise retry_later(429, rate_code, e.retry_after_s,
+                          minutes=max(1, math.ceil(e.retry_after_s / 60))) from e
     except QaError as e:
         raise ApiError(422, e.code) from e
 

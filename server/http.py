@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import math
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -54,6 +55,19 @@ _SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 # How long a client is asked to wait when the database cannot take a write.
 STORAGE_RETRY_S = 5
 
+def retry_later(status: int, code: str, wait_s: float, **params: Any) -> ApiError:
+    """An error that tells the client when to try again: ``Retry-After`` and
+    ``retry_after_s`` (whole seconds, at least 1)."""
+    whole = max(1, math.ceil(wait_s))
+    return ApiError(status, code, headers={"Retry-After": str(whole)},
+                    extra={"retry_after_s": whole}, **params)
+
+
+def storage_unavailable() -> ApiError:
+    """503 ``storage_unavailable``: the database cannot take the write now."""
+    return retry_later(503, "storage_unavailable", STORAGE_RETRY_S)
+
+
 _HTTP_CODES = {400: "invalid_json", 401: "not_authenticated", 403: "forbidden",
                404: "not_found", 405: "method_not_allowed", 413: "request_too_large",
                415: "unsupported_media_type"}
@@ -78,9 +92,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         log.warning("the database could not serve a request",
                     extra={"path": request.path, "method": request.method,
                            "reason": str(getattr(e, "orig", None) or e)[:200]})
-        return error_response(request, 503, "storage_unavailable",
-                              {"Retry-After": str(STORAGE_RETRY_S)},
-                              {"retry_after_s": STORAGE_RETRY_S})
+        error = storage_unavailable()
+        return error_response(request, error.status, error.code, error.headers, error.extra)
     except Exception as e:
         if isinstance(e, ValueError) and request.path.startswith("/socket.io/"):
             # Engine.IO's own frame parser raises on a frame that is not its

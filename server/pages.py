@@ -12,7 +12,15 @@ from aiohttp import web
 
 from server import keys
 from server.auth import SESSION_COOKIE, BadCredentials, Role, TooManyAttempts, csrf_ok
-from server.http import ApiError, client_ip, current_staff, json_response, read_json, require_staff
+from server.http import (
+    ApiError,
+    client_ip,
+    current_staff,
+    json_response,
+    read_json,
+    require_staff,
+    retry_later,
+)
 from server.i18n import LANGUAGES
 
 routes = web.RouteTableDef()
@@ -160,9 +168,8 @@ async def sign_in(request: web.Request) -> web.Response:
         token, staff = await request.app[keys.AUTH].sign_in(username, password,
                                                             client_ip(request))
     except TooManyAttempts as e:
-        seconds = math.ceil(e.retry_after_s)
-        raise ApiError(429, "too_many_attempts", headers={"Retry-After": str(seconds)},
-                       minutes=max(1, math.ceil(seconds / 60))) from e
+        raise retry_later(429, "too_many_attempts", e.retry_after_s,
+                          minutes=max(1, math.ceil(e.retry_after_s / 60))) from e
     except BadCredentials as e:
         raise ApiError(401, "bad_credentials") from e
     settings = request.app[keys.SETTINGS]

@@ -25,7 +25,15 @@ from multidict import CIMultiDict
 
 from server import keys
 from server.auth import Role
-from server.http import ApiError, Handler, client_ip, json_response, read_json, require_staff
+from server.http import (
+    ApiError,
+    Handler,
+    client_ip,
+    json_response,
+    read_json,
+    require_staff,
+    retry_later,
+)
 from server.pages import _render
 from tv.errors import (
     InvalidSdp,
@@ -186,13 +194,11 @@ async def _tv_errors() -> AsyncIterator[None]:
         raise ApiError(404, "session_not_found") from e
     except ViewersFull as e:
         log.warning("viewer turned away: this process is full", extra={"reason": str(e)})
-        raise ApiError(503, "viewers_full", headers={"Retry-After": str(FULL_RETRY_S)},
-                       extra={"retry_after_s": FULL_RETRY_S}) from e
+        raise retry_later(503, "viewers_full", FULL_RETRY_S) from e
     except TooManySessions as e:
         log.warning("viewer turned away: its address holds its share of the places",
                     extra={"reason": str(e)})
-        raise ApiError(429, "too_many_sessions", headers={"Retry-After": str(FULL_RETRY_S)},
-                       extra={"retry_after_s": FULL_RETRY_S}) from e
+        raise retry_later(429, "too_many_sessions", FULL_RETRY_S) from e
     except TvError as e:
         raise ApiError(409, e.code) from e
 
@@ -339,9 +345,7 @@ async def whep_programme(request: web.Request) -> web.Response:
     limit = request.app[keys.SETTINGS].video.whep_rate
     wait = await request.app[keys.LIMITER].hit(f"whep:{origin}", limit)
     if wait is not None:
-        seconds = max(1, math.ceil(wait))
-        raise ApiError(429, "watch_rate_limited", headers={"Retry-After": str(seconds)},
-                       extra={"retry_after_s": seconds}, seconds=seconds)
+        raise retry_later(429, "watch_rate_limited", wait, seconds=max(1, math.ceil(wait)))
     return await _watch(request, None, origin)
 
 
