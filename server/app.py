@@ -65,14 +65,14 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
         if response.content_type == "text/html":
+            allowed = request.app[keys.SETTINGS].http.frame_ancestors
             if request.path.startswith(_UNFRAMED):
                 ancestors, legacy = "'none'", "DENY"
             else:
-                allowed = request.app[keys.SETTINGS].http.frame_ancestors
                 ancestors, legacy = " ".join(("'self'", *allowed)), "SAMEORIGIN"
             response.headers.setdefault("Content-Security-Policy",
                                         f"{_CSP}; frame-ancestors {ancestors}")
-            if legacy == "DENY" or not request.app[keys.SETTINGS].http.frame_ancestors:
+            if legacy == "DENY" or not allowed:
                 # Older browsers know only this header, which cannot list origins.
                 response.headers.setdefault("X-Frame-Options", legacy)
     return response

@@ -156,10 +156,10 @@ def _own_hosts(request: web.Request) -> set[str]:
     hosts = {request.host.lower()}
     if http.trust_forwarded and (forwarded := request.headers.get("X-Forwarded-Host")):
         hosts.add(forwarded.split(",")[-1].strip().lower())
-    for origin in (http.public_url, *http.allowed_origins):
-        if origin and (host := _origin_of(origin)):
-            hosts.add(host)
-    return {h.removesuffix(":80").removesuffix(":443") for h in hosts}
+    hosts = {h.removesuffix(":80").removesuffix(":443") for h in hosts}
+    # Configured origins are already scheme://host[:port], default port dropped (settings).
+    hosts.update(o.split("://", 1)[1] for o in (http.public_url, *http.allowed_origins) if o)
+    return hosts
 
 
 def check_same_origin(request: web.Request) -> None:

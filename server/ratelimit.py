@@ -175,13 +175,10 @@ class FallbackRateLimiter:
         return await self._either(lambda limiter: limiter.peek(key, limit))
 
     async def claim(self, key: str, limit: RateLimit) -> Claim:
-        if self._down_since is None:
-            try:
-                async with asyncio.timeout(self.deadline_s):
-                    return await self.shared.claim(key, limit)
-            except UNREACHABLE as e:
-                self._went_down(e)
-        return replace(await self.local.claim(key, limit), local=True)
+        async def counted(limiter: RateLimiter) -> Claim:
+            return replace(await limiter.claim(key, limit), local=limiter is self.local)
+
+        return await self._either(counted)
 
     async def release(self, claim: Claim) -> None:
         """Give the claim back where it was counted (Redis may have come or gone since)."""
