@@ -159,11 +159,6 @@ def _usable(text: str, max_len: int) -> bool:
     return True
 
 
-def _key_part(text: str) -> str:
-    """``text`` made safe for a limiter key (a forwarded address may hold anything)."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def csrf_ok(expected: str, given: str | None) -> bool:
     """Constant-time comparison of the CSRF token."""
     if given is None:
@@ -238,6 +233,7 @@ class AuthService:
 
         Each attempt is counted before its password is checked, so that
         concurrent guesses cannot outrun the limit; a success is uncounted.
+        ``ip`` is ``server.http.client_ip``'s bucket (an address, or "unknown").
         """
         if not _usable(username, 64) or not _usable(password, 1024):
             raise BadCredentials()
@@ -267,7 +263,7 @@ class AuthService:
     async def _claim(self, username: str, ip: str) -> list[Claim]:
         """Count one attempt per limit, or refuse it (TooManyAttempts) counting none."""
         name = username.casefold()
-        limits = [(f"login:{name}:{_key_part(ip)}", self.login_failures)]
+        limits = [(f"login:{name}:{ip}", self.login_failures)]
         if self.user_failures is not None and not await self._known(username, ip):
             limits.append((f"login-user:{name}", self.user_failures))
         claims: list[Claim] = []
@@ -288,7 +284,7 @@ class AuthService:
     # limit still holds there. The limiter keeps the mark: "refused" by a
     # count of one means "there was a sign-in from here within the window".
     def _known_key(self, username: str, ip: str) -> str:
-        return f"login-ok:{username.casefold()}:{_key_part(ip)}"
+        return f"login-ok:{username.casefold()}:{ip}"
 
     async def _known(self, username: str, ip: str) -> bool:
         return await self.limiter.peek(self._known_key(username, ip), KNOWN_ADDRESS) is not None
