@@ -76,6 +76,24 @@ def run_in_namespace(script: Path, timeout: float = 180) -> dict[str, Any]:
     return result
 
 
+async def raw_http(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request written byte for byte on loopback (bad header bytes and all),
+    read to the end: (status, lower-cased headers, body). Send ``Connection: close``."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        async with asyncio.timeout(5):
+            answer = await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (x.split(":", 1) for x in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
 @dataclass
 class Http:
     """One browser-like HTTP client with its own cookie jar (one viewer or staff member)."""

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from server import keys
 from server.auth import Role
 from tests.conftest import StartServer, add_staff
-from tests.helpers import PASSWORD, Http, Listener
+from tests.helpers import PASSWORD, Http, Listener, raw_http
 from tests.helpers import test_settings as settings_for
 
 # --- what a stranger sends -------------------------------------------------------
@@ -246,20 +246,6 @@ async def test_a_huge_url_is_refused(target: TestServer,
     assert any("malformed HTTP request refused" in r.getMessage() for r in caplog.records)
 
 
-async def _raw_http(server: TestServer, request: bytes) -> tuple[int, bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    try:
-        writer.write(request)
-        await writer.drain()
-        async with asyncio.timeout(10):
-            data = await reader.read(65536)
-            head, _, body = data.partition(b"\r\n\r\n")
-            status = int(head.split(b" ", 2)[1])
-            return status, body
-    finally:
-        writer.close()
-
-
 @pytest.mark.parametrize("header", [b"Authorization: Bearer ", b"Cookie: tv_session=",
                                     b"Cookie: tv_viewer=", b"Cookie: lang=",
                                     b"X-Forwarded-For: ", b"Origin: https://",
@@ -275,7 +261,7 @@ async def test_header_bytes_that_are_not_utf8(target: TestServer, header: bytes,
         request = (path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + header + junk + b"\r\n"
                    b"Content-Type: " + content_type + b"\r\nContent-Length: "
                    + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
-        status, raw = await _raw_http(target, request)
+        status, _, raw = await raw_http(target.port, request)
         assert status < 500, (path, header, junk, raw[:200])
     _no_tracebacks(caplog)
 

@@ -26,7 +26,7 @@ from server import keys
 from server.auth import Role
 from tests import helpers
 from tests.fakes import FakeClock
-from tests.helpers import PASSWORD, Http
+from tests.helpers import PASSWORD, Http, raw_http
 from tests.server.test_auth import config_with_database, run_py
 from tests.server.test_multiprocess import Cluster, cluster  # noqa: F401 (fixture)
 
@@ -217,22 +217,6 @@ BAD_COOKIES = {
 }
 
 
-async def raw_request(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(request)
-        await writer.drain()
-        async with asyncio.timeout(5):
-            answer = await reader.read()
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    head, _, body = answer.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, v in (x.split(":", 1) for x in lines)}
-    return int(status_line.split()[1]), headers, body
-
-
 def request_bytes(method: str, path: str, cookie: bytes, body: bytes = b"") -> bytes:
     return (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
             f"Content-Length: {len(body)}\r\nContent-Type: text/plain\r\n").encode() \
@@ -246,13 +230,13 @@ async def test_a_malformed_session_cookie_is_not_signed_in(server, cookie, caplo
     for method, path in (("GET", "/api/session"), ("DELETE", "/api/session"),
                          ("GET", "/api/questions/export.csv"), ("PUT", "/api/on-air"),
                          ("POST", "/api/programme/hold")):
-        status, headers, body = await raw_request(port, request_bytes(method, path, cookie))
+        status, headers, body = await raw_http(port, request_bytes(method, path, cookie))
         assert status == 401, (method, path, body)
         assert json.loads(body)["error"] == "not_authenticated"
     for page in ("/moderation", "/control"):
-        status, headers, _ = await raw_request(port, request_bytes("GET", page, cookie))
+        status, headers, _ = await raw_http(port, request_bytes("GET", page, cookie))
         assert (status, headers["location"]) == (302, f"/login?next=%2F{page[1:]}")
-    status, headers, _ = await raw_request(port, request_bytes("GET", "/logout", cookie))
+    status, headers, _ = await raw_http(port, request_bytes("GET", "/logout", cookie))
     assert status in (302, 303, 405)
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
@@ -263,15 +247,15 @@ async def test_a_staff_socket_with_a_malformed_cookie_is_refused_cleanly(server,
     """Engine.IO's long-polling, by hand: the cookie of the handshake is the socket's."""
     caplog.set_level(logging.INFO)
     port, path = server.port, "/socket.io/?EIO=4&transport=polling"
-    status, _, body = await raw_request(port, request_bytes("GET", path, cookie))
+    status, _, body = await raw_http(port, request_bytes("GET", path, cookie))
     assert status == 200 and body.startswith(b"0")
     sid = json.loads(body[1:])["sid"]
     polling = f"{path}&sid={sid}"
 
-    status, _, _ = await raw_request(port, request_bytes("POST", polling, cookie,
+    status, _, _ = await raw_http(port, request_bytes("POST", polling, cookie,
                                                          b"40/moderation,"))
     assert status == 200
-    status, _, body = await raw_request(port, request_bytes("GET", polling, cookie))
+    status, _, body = await raw_http(port, request_bytes("GET", polling, cookie))
 
     assert status == 200
     assert body.startswith(b"44/moderation,"), body
@@ -287,7 +271,7 @@ async def test_a_malformed_csrf_header_is_refused_not_a_crash(server, base_url, 
     request = (b"DELETE /api/session HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
                b"Cookie: " + cookie + b"\r\nX-CSRF-Token: \xff\xed\xa0\x80\r\n\r\n")
 
-    status, _, body = await raw_request(server.port, request)
+    status, _, body = await raw_http(server.port, request)
 
     assert (status, json.loads(body)["error"]) == (403, "csrf_failed")
     assert (await marie.request("GET", "/api/session"))[0] == 200  # still signed in

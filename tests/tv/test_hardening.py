@@ -24,7 +24,7 @@ from aiortc import MediaStreamTrack, RTCRtpSender, RTCSessionDescription
 from server import keys
 from server.auth import Role
 from server.settings import ConfigError, Settings, load_settings
-from tests.helpers import ROOT
+from tests.helpers import ROOT, raw_http
 from tests.helpers import test_settings as settings_for
 from tests.tv.test_edges import Contributor, eventually
 from tests.tv.test_protocol import (
@@ -314,18 +314,10 @@ async def test_offers_with_unreadable_or_named_candidates(server, base_url):
 async def raw_request(base: str, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
     """One HTTP/1.1 request written byte for byte: (status, body)."""
     host, port = re.fullmatch(r"http://([^:/]+):(\d+)", base).groups()  # type: ignore[union-attr]
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        writer.write(head + b"Host: " + host.encode() + b"\r\nConnection: close\r\n"
-                     + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-        await writer.drain()
-        async with asyncio.timeout(10):
-            response = await reader.read()
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    status_line, _, rest = response.partition(b"\r\n")
-    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+    status, _, answer = await raw_http(int(port), head + b"Host: " + host.encode()
+                                       + b"\r\nConnection: close\r\nContent-Length: "
+                                       + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return status, answer
 
 
 async def test_a_token_that_is_not_utf8_is_refused_as_invalid(server, base_url):
