@@ -238,3 +238,24 @@ async def test_concurrent_hostile_requests_leave_a_viewer_unharmed(
                                           _ask(viewer, 1))
     assert mine == 201
     assert all(400 <= s < 500 for s in statuses), statuses
+
+
+@pytest.mark.parametrize("content_type,raw", [
+    ("application/x-www-form-urlencoded", b"csrf_token=%ff%fe"),
+    ("application/x-www-form-urlencoded", b"\xff\xfe=\xed\xa0\x80"),
+    ("application/x-www-form-urlencoded", b"csrf_token=" + b"x" * 10_000),
+    ("multipart/form-data; boundary=x", b"--x\r\ngarbage"),
+    ("multipart/form-data", b"no boundary at all"),
+    ("application/json", b'{"csrf_token": 1}'),
+])
+async def test_a_mangled_sign_out_form_is_refused_and_signs_nobody_out(
+        base_url: str, staff: Staff, content_type: str, raw: bytes,
+        caplog: pytest.LogCaptureFixture) -> None:
+    mod = await staff()
+    async with mod.session.post(base_url + "/logout", data=raw,
+                                headers={"Content-Type": content_type},
+                                allow_redirects=False) as resp:
+        body = await resp.json()
+        assert (resp.status, body["error"]) == (403, "csrf_failed")
+    assert (await mod.request("GET", "/api/session"))[0] == 200
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
