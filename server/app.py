@@ -126,8 +126,9 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    url = app[keys.SETTINGS].database_url
-    async for engine in db.engine_context(url):
+    settings = app[keys.SETTINGS]
+    url = settings.database_url
+    async for engine in db.engine_context(url, settings.pool, settings.load.max_wait_s):
         app[keys.ENGINE] = engine
         app[keys.DB_WRITES] = db.WriteHealth(engine)
         control = app[keys.CONTROL_ENGINE] = db.control_engine(url)

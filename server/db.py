@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from server.dbtypes import UtcDateTime
+from server.settings import DatabasePool
 
 log = logging.getLogger("tv.db")
 
@@ -28,14 +29,16 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 72_090_509
 
 
-def make_engine(url: str, pool_size: int | None = None,
-                max_overflow: int | None = None) -> AsyncEngine:
+def make_engine(url: str, pool_size: int | None = None, max_overflow: int | None = None,
+                wait_s: float = 30.0) -> AsyncEngine:
     """An engine for SQLite (file made on demand) or PostgreSQL.
 
-    ``pool_size`` and ``max_overflow`` default to the audience's engine's
-    (SQLAlchemy's 5 + 10 on SQLite, 10 + 20 on PostgreSQL).
+    ``pool_size`` and ``max_overflow`` default to SQLAlchemy's 5 + 10 on
+    SQLite, and 10 + 20 on PostgreSQL. ``wait_s`` bounds how long a query
+    waits for a connection from the pool and, on SQLite, for the file's write
+    lock: past it the query fails (503 at the HTTP edge) instead of queueing.
     """
-    pool: dict[str, int] = {}
+    pool: dict[str, Any] = {"pool_timeout": wait_s}
     if pool_size is not None:
         pool["pool_size"] = pool_size
     if max_overflow is not None:
@@ -44,7 +47,8 @@ def make_engine(url: str, pool_size: int | None = None,
         path = url.split(":///", 1)[1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30}, **pool)
+        engine = create_async_engine(url, connect_args={"timeout": wait_s}, **pool)
+        busy_ms = max(1, round(wait_s * 1000))
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -54,12 +58,24 @@ def make_engine(url: str, pool_size: int | None = None,
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={busy_ms}")
             cur.close()
 
         return engine
     return create_async_engine(url, **{"pool_size": 10, "max_overflow": 20, **pool},
                                pool_pre_ping=True)
+
+
+def audience_engine(url: str, pool: DatabasePool, wait_s: float) -> AsyncEngine:
+    """Questions, votes and lists: no query waits longer than ``wait_s`` for the database."""
+    return make_engine(url, pool.size or None, None if pool.overflow < 0 else pool.overflow,
+                       wait_s=wait_s)
+
+
+CONTROL_WAIT_S = 5.0
+"""How long a take or a sign-in may wait for SQLite's write lock. Audience
+transactions are short (one batch each), so in practice it waits milliseconds;
+this is the bound when the disk itself stalls."""
 
 
 def control_engine(url: str) -> AsyncEngine:
@@ -68,7 +84,7 @@ def control_engine(url: str) -> AsyncEngine:
     A few connections that audience traffic (questions, votes, lists) never
     holds, so that a take is written at once however busy the audience pool is.
     """
-    return make_engine(url, pool_size=2, max_overflow=3)
+    return make_engine(url, pool_size=2, max_overflow=3, wait_s=CONTROL_WAIT_S)
 
 
 def _alembic_config(connection: Connection) -> Config:
@@ -173,8 +189,9 @@ async def ping(engine: AsyncEngine) -> bool:
         return False
 
 
-async def engine_context(url: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(url)
+async def engine_context(url: str, pool: DatabasePool | None = None,
+                         wait_s: float = 30.0) -> AsyncIterator[AsyncEngine]:
+    engine = audience_engine(url, pool or DatabasePool(), wait_s)
     try:
         await migrate(engine)
         yield engine

@@ -115,6 +115,40 @@ class VideoSettings:
 
 
 @dataclass(frozen=True)
+class LoadSettings:
+    """How much audience work this process takes on before it refuses more (issue 9).
+
+    The programme comes first: audience requests wait a bounded time in a
+    bounded queue, and are answered 503 ``overloaded`` with ``Retry-After`` at
+    once when that queue is full or the event loop (which sends the picture)
+    is late.
+    """
+
+    max_wait_s: float = 1.0
+    """The longest an audience request waits for the database (connection, lock, queue)."""
+    question_queue: int = 1024
+    """Questions waiting to be written; over this, 503 ``overloaded``."""
+    vote_queue: int = 2048
+    """Votes waiting to be written; over this, 503 ``overloaded``."""
+    read_concurrency: int = 3
+    """Audience reads (question lists) on the database at once."""
+    read_queue: int = 200
+    """Audience reads waiting for one of those; over this, 503 ``overloaded``."""
+    loop_lag_ms: float = 60.0
+    """Event-loop lateness above which new audience work is refused."""
+
+
+@dataclass(frozen=True)
+class DatabasePool:
+    """The audience's connections; the programme has a small pool of its own."""
+
+    size: int = 0
+    """Connections kept open (0: 5 on SQLite, 10 on PostgreSQL)."""
+    overflow: int = -1
+    """Extra connections opened under load (-1: 10 on SQLite, 20 on PostgreSQL)."""
+
+
+@dataclass(frozen=True)
 class WebRtcSettings:
     host_addresses: tuple[str, ...] = ()
     ice_servers: tuple[dict[str, Any], ...] = ()
@@ -162,6 +196,8 @@ class Settings:
     auth: AuthSettings = AuthSettings()
     webrtc: WebRtcSettings = WebRtcSettings()
     video: VideoSettings = VideoSettings()
+    load: LoadSettings = LoadSettings()
+    pool: DatabasePool = DatabasePool()
     log_format: str = "json"
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -253,6 +289,18 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
         raise ConfigError("video.audio_frame_ms must be 20, 40 or 60")
     if video.width % 2 or video.height % 2:
         raise ConfigError("video.width and video.height must be even numbers")
+    load = LoadSettings(
+        max_wait_s=r.number("load.max_wait_s", 1.0, lo=0.05, hi=30.0),
+        question_queue=r.integer("load.question_queue", 1024, lo=1, hi=1_000_000),
+        vote_queue=r.integer("load.vote_queue", 2048, lo=1, hi=1_000_000),
+        read_concurrency=r.integer("load.read_concurrency", 3, lo=1, hi=100),
+        read_queue=r.integer("load.read_queue", 200, lo=0, hi=1_000_000),
+        loop_lag_ms=r.number("load.loop_lag_ms", 60.0, lo=5.0, hi=10_000.0),
+    )
+    pool = DatabasePool(
+        size=r.integer("database.pool_size", 0, lo=0, hi=1000),
+        overflow=r.integer("database.max_overflow", -1, lo=-1, hi=1000),
+    )
     log_format = r.string("logging.format", "json")
     if log_format not in ("json", "text"):
         raise ConfigError('logging.format must be "json" or "text"')
@@ -276,6 +324,8 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
         auth=auth,
         webrtc=webrtc,
         video=video,
+        load=load,
+        pool=pool,
         log_format=log_format,
         log_level=log_level,
         extra={k: v for k, v in raw.items() if k not in _KNOWN_SECTIONS},
@@ -283,7 +333,7 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
 
 
 _KNOWN_SECTIONS = {"event", "themes", "database", "redis", "http", "qa", "auth", "webrtc",
-                   "logging", "programme", "segments", "feeds", "video"}
+                   "logging", "programme", "segments", "feeds", "video", "load"}
 
 
 def _origin(key: str, value: str) -> str:
