@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -26,17 +27,23 @@ from qa.errors import (
 )
 from qa.events import OnAirChanged, QuestionChanged, QuestionRemoved, QuestionSubmitted
 from qa.model import DuplicateIndex, Limits, ProfanityFilter, Question, Status
-from qa.store import NewQuestion, OnAirTaken, QuestionStore
+from qa.store import NewQuestion, OnAirTaken, QuestionStore, VoteChange, VoteOutcome
+from server.admission import Lane, LoopMonitor, WriteQueue
 from server.clock import Clock
 from server.ratelimit import RateLimiter
-from server.settings import QaSettings
+from server.settings import LoadSettings, QaSettings
 
 log = logging.getLogger("tv.qa")
 
 Publish = Callable[[object], Awaitable[None]]
 
 _BATCH_MAX = 256
+_VOTE_BATCH_MAX = 512
 REFRESH_S = 0.5
+PUBLIC_LIST_TTL_S = 0.5
+"""A public question list is read from the database at most this often per
+(theme, sort, status): a thousand viewers reconnecting at once cost a few
+queries, not a thousand. Pushes carry every change meanwhile."""
 
 
 @dataclass(frozen=True)
@@ -52,10 +59,17 @@ class _Pending:
     future: asyncio.Future[Question]
 
 
+@dataclass
+class _PendingVote:
+    change: VoteChange
+    future: asyncio.Future[VoteOutcome]
+
+
 class QuestionService:
     def __init__(self, store: QuestionStore, limiter: RateLimiter, clock: Clock,
                  publish: Publish, theme_ids: Sequence[str], settings: QaSettings,
-                 shared: bool = False, segment_ids: Sequence[str] | None = None) -> None:
+                 shared: bool = False, segment_ids: Sequence[str] | None = None,
+                 load: LoadSettings | None = None, loop: LoopMonitor | None = None) -> None:
         self.store = store
         self.limiter = limiter
         self.clock = clock
@@ -72,22 +86,53 @@ class QuestionService:
         # also reads the others' questions, at most every REFRESH_S.
         self.shared = shared
         self._refreshed_at = float("-inf")
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
+        load = load or LoadSettings()
+        # Audience work is bounded: a full queue, a writer behind by more than
+        # max_wait_s or a late event loop refuse at once (503, Retry-After).
+        self.questions_queue: WriteQueue[_Pending] = WriteQueue(
+            "questions", load.question_queue, load.max_wait_s, _BATCH_MAX, loop)
+        self.votes_queue: WriteQueue[_PendingVote] = WriteQueue(
+            "votes", load.vote_queue, load.max_wait_s, _VOTE_BATCH_MAX, loop)
+        self.reads = Lane("question lists", load.read_concurrency, load.read_queue,
+                          load.max_wait_s, loop)
+        # SQLite has one write lock for the whole file: this process's writers
+        # take turns here, in order, instead of polling for it (busy_timeout).
+        self._sqlite_writes = (asyncio.Lock() if store.engine.dialect.name == "sqlite"
+                               else None)
+        self._public_lists: dict[tuple[str | None, str, tuple[Status, ...]],
+                                 tuple[float, list[Question]]] = {}
+        self._writers: list[asyncio.Task[None]] = []
 
     # --- lifecycle ------------------------------------------------------
 
     async def start(self) -> None:
         await self._refresh_index()
-        self._writer = asyncio.create_task(self._write_loop(), name="question-writer")
+        self._writers = [
+            asyncio.create_task(self._write_loop(), name="question-writer"),
+            asyncio.create_task(self._vote_loop(), name="vote-writer")]
 
     async def stop(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
+        for writer in self._writers:
+            writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-        while not self._queue.empty():
-            self._queue.get_nowait().future.cancel()
+                await writer
+        for pending in self.questions_queue.drain():
+            pending.future.cancel()
+        for vote in self.votes_queue.drain():
+            vote.future.cancel()
+
+    def load_stats(self) -> dict[str, Any]:
+        """Queue depths, refusals and database times, read without any I/O."""
+        return {"questions": self.questions_queue.stats(), "votes": self.votes_queue.stats(),
+                "reads": self.reads.stats()}
+
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[None]:
+        if self._sqlite_writes is None:
+            yield
+            return
+        async with self._sqlite_writes:
+            yield
 
     # --- viewers --------------------------------------------------------
 
@@ -97,12 +142,15 @@ class QuestionService:
         text = model.clean_text(body.get("text"), self.limits)
         author = model.clean_author(body.get("author"), self.limits)
         segment = model.clean_segment(body.get("segment_id"), self.segment_ids)
+        # Refused for load before the limits count it: a viewer told to try
+        # again later has not used up one of their questions.
+        self.questions_queue.check()
         await self._limit([(f"ask:viewer:{viewer_id}", self.settings.per_viewer),
                            (f"ask:ip:{ip}", self.settings.per_ip)])
         pending = _Pending(
             NewQuestion(theme, text, author, segment, viewer_id, (), self.clock.now()),
             asyncio.get_running_loop().create_future())
-        await self._queue.put(pending)
+        self.questions_queue.put(pending)
         question = await pending.future
         log.info("question received", extra={"question_id": question.id, "theme": theme,
                                               "flags": list(question.flags)})
@@ -110,14 +158,10 @@ class QuestionService:
         return question
 
     async def _limit(self, checks: Sequence[tuple[str, Any]]) -> None:
-        waits = [await self.limiter.peek(key, limit) for key, limit in checks]
-        worst = max((w for w in waits if w is not None), default=None)
-        if worst is not None:
-            raise RateLimited(worst)
-        for key, limit in checks:
-            wait = await self.limiter.hit(key, limit)
-            if wait is not None:
-                raise RateLimited(wait)
+        # Every limit counted, or none, in one step (one Redis round trip).
+        wait = await self.limiter.hit_all(checks)
+        if wait is not None:
+            raise RateLimited(wait)
 
     async def list_public(self, viewer_id: str, theme: str | None, sort: str,
                           status: str | None = None) -> list[tuple[Question, bool]]:
@@ -126,10 +170,25 @@ class QuestionService:
         if status:
             wanted = self._status(status)
             statuses = [wanted] if wanted.is_public else []
-        questions = await self.store.query(theme=self._theme_filter(theme), statuses=statuses,
-                                          sort=self._sort(sort))
-        voted = await self.store.voted_ids(viewer_id, [q.id for q in questions])
+        key = (self._theme_filter(theme), self._sort(sort), tuple(statuses))
+        async with self.reads.slot():
+            questions = await self._public_list(key)
+            voted = await self.store.voted_ids(viewer_id, [q.id for q in questions])
         return [(q, q.id in voted) for q in questions]
+
+    async def _public_list(self, key: tuple[str | None, str, tuple[Status, ...]]
+                           ) -> list[Question]:
+        now = self.clock.monotonic()
+        cached = self._public_lists.get(key)
+        if cached is not None and now - cached[0] < PUBLIC_LIST_TTL_S:
+            return cached[1]
+        theme, sort, statuses = key
+        questions = await self.store.query(theme=theme, statuses=list(statuses), sort=sort)
+        self._public_lists[key] = (now, questions)
+        return questions
+
+    def _lists_changed(self) -> None:
+        self._public_lists.clear()
 
     async def list_all(self, theme: str | None, status: str | None, sort: str) -> list[Question]:
         statuses = [self._status(status)] if status else None
@@ -137,7 +196,8 @@ class QuestionService:
                                      sort=self._sort(sort))
 
     async def mine(self, viewer_id: str) -> list[Question]:
-        return await self.store.query(viewer_id=viewer_id, include_merged=True)
+        async with self.reads.slot():
+            return await self.store.query(viewer_id=viewer_id, include_merged=True)
 
     async def vote(self, question_id: int, viewer_id: str, add: bool,
                    ip: str = "unknown") -> tuple[int, bool]:
@@ -147,17 +207,21 @@ class QuestionService:
         limited too: in all, and per question (a venue behind one NAT votes
         a lot, but not hundreds of times for one question).
         """
-        question = await self.store.get(question_id)
-        if question is None or not question.is_public:
-            raise QuestionNotFound()
+        self.votes_queue.check()
         await self._limit([
             (f"vote:viewer:{viewer_id}", self.settings.votes_per_viewer),
             (f"vote:ip:{ip}", self.settings.votes_per_ip),
             (f"vote:ip:{ip}:q:{question_id}", self.settings.votes_per_ip_question)])
-        votes, changed = await self.store.vote(question_id, viewer_id, self.clock.now(), add)
-        if changed:
-            await self.publish(VotesChanged(replace(question, votes=votes)))
-        return votes, add
+        # Written with the other votes of the moment, in one transaction.
+        pending = _PendingVote(VoteChange(question_id, viewer_id, add),
+                               asyncio.get_running_loop().create_future())
+        self.votes_queue.put(pending)
+        outcome = await pending.future
+        if outcome.question is None:
+            raise QuestionNotFound()
+        if outcome.changed:
+            await self.publish(VotesChanged(outcome.question))
+        return outcome.question.votes, add
 
     # --- staff ----------------------------------------------------------
 
@@ -207,8 +271,10 @@ class QuestionService:
         if patch.queue_position is not None:
             starred = True
         now = self.clock.now()
+        self._lists_changed()
         if starred == current.starred and patch.queue_position is None:
-            return await self.store.update(current.id, version, values, now), []
+            async with self._writing():
+                return await self.store.update(current.id, version, values, now), []
         values["starred"] = starred
         if not starred:
             position = None
@@ -218,7 +284,8 @@ class QuestionService:
             position = current.queue_position
         else:
             position = 1_000_000  # the end of the queue
-        return await self.store.requeue(current.id, version, values, position, now)
+        async with self._writing():
+            return await self.store.requeue(current.id, version, values, position, now)
 
     async def _announce(self, before: Question, after: Question) -> None:
         await self.publish(QuestionChanged(after, before.is_public,
@@ -233,7 +300,9 @@ class QuestionService:
             raise CannotMerge("a question cannot be merged into itself")
         if dup.merged_into is not None or target.merged_into is not None:
             raise CannotMerge("one of these questions is already merged")
-        merged, target = await self.store.merge(dup.id, target.id, self.clock.now())
+        self._lists_changed()
+        async with self._writing():
+            merged, target = await self.store.merge(dup.id, target.id, self.clock.now())
         self.duplicates.discard(dup.id)
         log.info("questions merged", extra={"question_id": dup.id, "into": target.id,
                                             "by": actor, "votes": target.votes})
@@ -254,7 +323,9 @@ class QuestionService:
                 raise NotPublishable()
         for attempt in range(3):
             try:
-                off, on = await self.store.set_on_air(question_id, self.clock.now())
+                self._lists_changed()
+                async with self._writing():
+                    off, on = await self.store.set_on_air(question_id, self.clock.now())
                 break
             except OnAirTaken:
                 if attempt == 2:
@@ -268,7 +339,8 @@ class QuestionService:
         return on
 
     async def on_air(self) -> Question | None:
-        return await self.store.on_air()
+        async with self.reads.slot():
+            return await self.store.on_air()
 
     async def export(self) -> list[Question]:
         return await self.store.all_for_export()
@@ -302,10 +374,37 @@ class QuestionService:
 
     async def _write_loop(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while not self._queue.empty() and len(batch) < _BATCH_MAX:
-                batch.append(self._queue.get_nowait())
-            await self._write_isolated(batch)
+            batch = await self.questions_queue.batch()
+            started = time.monotonic()
+            async with self._writing():
+                await self._write_isolated(batch)
+            self.questions_queue.wrote(len(batch), time.monotonic() - started)
+
+    async def _vote_loop(self) -> None:
+        while True:
+            batch = await self.votes_queue.batch()
+            started = time.monotonic()
+            try:
+                async with self._writing():
+                    outcomes = await self.store.apply_votes([p.change for p in batch],
+                                                            self.clock.now())
+            except StorageUnavailable as e:
+                log.warning("the database cannot store votes now",
+                            extra={"count": len(batch), "reason": e.detail})
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(StorageUnavailable(e.detail))
+                continue
+            except Exception:
+                log.exception("a batch of votes could not be stored", extra={"count": len(batch)})
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(StorageUnavailable("votes not stored"))
+                continue
+            self.votes_queue.wrote(len(batch), time.monotonic() - started)
+            for p, outcome in zip(batch, outcomes, strict=True):
+                if not p.future.done():
+                    p.future.set_result(outcome)
 
     async def _write_isolated(self, batch: list[_Pending]) -> None:
         """Store a batch; if it fails, store its questions one by one.

@@ -23,6 +23,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import text as sql_text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -104,6 +106,23 @@ def _to_question(row: Any) -> Question:
 
 
 @dataclass(frozen=True)
+class VoteChange:
+    """One viewer adding (or withdrawing) a vote, waiting to be written."""
+
+    question_id: int
+    viewer_id: str
+    add: bool
+
+
+@dataclass(frozen=True)
+class VoteOutcome:
+    """What a ``VoteChange`` did: ``question`` None when it is not public (or gone)."""
+
+    question: Question | None
+    changed: bool
+
+
+@dataclass(frozen=True)
 class NewQuestion:
     theme: str
     text: str
@@ -134,6 +153,22 @@ async def _serialise(conn: AsyncConnection) -> None:
         # read snapshot whose later upgrade to a write fails at once with
         # "database is locked" when another writer committed in between.
         await conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+async def _write_lock(conn: AsyncConnection) -> None:
+    """On SQLite, take the write lock first: a transaction that reads and then
+    writes would otherwise fail at once ("database is locked") when another
+    writer committed in between, instead of waiting busy_timeout."""
+    if conn.dialect.name == "sqlite":
+        await conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _insert_ignore(conn: AsyncConnection) -> Any:
+    """INSERT into votes that skips a (question, viewer) pair already there
+    (another process may have written it since this batch read)."""
+    if conn.dialect.name == "postgresql":
+        return pg_insert(V).on_conflict_do_nothing()
+    return sqlite_insert(V).on_conflict_do_nothing()
 
 
 _MAX_ID = 2**31 - 1
@@ -308,6 +343,59 @@ class QuestionStore:
                 await conn.execute(update(Q).where(Q.c.id == question_id).values(votes=count))
             votes = (await conn.execute(select(Q.c.votes).where(Q.c.id == question_id))).scalar()
             return int(votes or 0), changed
+
+    async def apply_votes(self, changes: Sequence[VoteChange],
+                          now: datetime) -> list[VoteOutcome]:
+        """Write a batch of votes in one transaction; an outcome per change, in order.
+
+        Only public questions (approved or answered, not merged) take votes.
+        Within the batch, changes apply in order (a vote then its withdrawal
+        leaves nothing). Each touched question's count is recounted from the
+        votes table, so counts stay exact whatever other processes write.
+        """
+        ids = sorted({c.question_id for c in changes if 0 < c.question_id <= _MAX_ID})
+        viewers = sorted({c.viewer_id for c in changes})
+        try:
+            async with self.engine.begin() as conn:
+                await _write_lock(conn)
+                public = {r.id for r in await conn.execute(
+                    select(Q.c.id).where(Q.c.id.in_(ids), Q.c.merged_into.is_(None),
+                                         Q.c.status.in_([Status.APPROVED.value,
+                                                         Status.ANSWERED.value])))}
+                before = {(r.question_id, r.viewer_id) for r in await conn.execute(
+                    select(V.c.question_id, V.c.viewer_id)
+                    .where(V.c.question_id.in_(sorted(public)), V.c.viewer_id.in_(viewers)))}
+                after = set(before)
+                changed: list[bool] = []
+                for c in changes:
+                    pair = (c.question_id, c.viewer_id)
+                    if c.question_id not in public:
+                        changed.append(False)
+                    elif c.add:
+                        changed.append(pair not in after)
+                        after.add(pair)
+                    else:
+                        changed.append(pair in after)
+                        after.discard(pair)
+                added, removed = sorted(after - before), sorted(before - after)
+                if added:
+                    await conn.execute(_insert_ignore(conn).values([
+                        {"question_id": q, "viewer_id": v, "created_at": now}
+                        for q, v in added]))
+                for q, v in removed:
+                    await conn.execute(delete(V).where(V.c.question_id == q,
+                                                       V.c.viewer_id == v))
+                touched = sorted({q for q, _v in (*added, *removed)})
+                if touched:
+                    count = select(func.count()).select_from(V).where(
+                        V.c.question_id == Q.c.id).scalar_subquery()
+                    await conn.execute(update(Q).where(Q.c.id.in_(touched)).values(votes=count))
+                current = {r.id: _to_question(r) for r in await conn.execute(
+                    select(Q).where(Q.c.id.in_(sorted(public))))}
+        except (OperationalError, InterfaceError, PoolTimeout) as e:
+            raise StorageUnavailable(str(getattr(e, "orig", None) or e)[:200]) from e
+        return [VoteOutcome(current.get(c.question_id), done)
+                for c, done in zip(changes, changed, strict=True)]
 
     async def merge(self, dup_id: int, into_id: int, now: datetime) -> tuple[Question, Question]:
         """Merge ``dup_id`` into ``into_id``: its voters now vote for the other."""

@@ -6,8 +6,11 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
 
 from qa import routes as qa_routes
 from qa.service import QuestionService
@@ -19,6 +22,7 @@ from schedule.model import EventInfo, State
 from schedule.service import ProgrammeService
 from schedule.store import TakeLog
 from server import db, keys, pages, redisconn
+from server.admission import LoopMonitor
 from server.auth import AuthService
 from server.clock import Clock, SpeedClock, SystemClock
 from server.events import EventBus
@@ -31,7 +35,7 @@ from server.http import (
 )
 from server.i18n import Catalog
 from server.logs import quiet_refused_requests
-from server.metrics import Metrics, metrics_handler, metrics_middleware
+from server.metrics import CachedCounts, Metrics, metrics_handler, metrics_middleware
 from server.ratelimit import (
     FallbackRateLimiter,
     MemoryRateLimiter,
@@ -91,6 +95,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
     app[keys.CLOCK] = clock
     app[keys.BUS] = EventBus()
     app[keys.METRICS] = Metrics()
+    app[keys.LOOP] = LoopMonitor(settings.load.loop_lag_ms / 1000)
     app[keys.CATALOG] = Catalog(ROOT / "static" / "i18n")
     app[keys.JINJA] = pages.make_jinja(ROOT / "templates")
     sio = create_sio(settings)
@@ -130,8 +135,8 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     url = settings.database_url
     async for engine in db.engine_context(url, settings.pool, settings.load.max_wait_s):
         app[keys.ENGINE] = engine
-        app[keys.DB_WRITES] = db.WriteHealth(engine)
         control = app[keys.CONTROL_ENGINE] = db.control_engine(url)
+        app[keys.DB_WRITES] = db.WriteHealth(control, engine)
         try:
             yield
         finally:
@@ -179,10 +184,15 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     questions = QuestionService(QuestionStore(app[keys.ENGINE]), limiter, clock,
                                 app[keys.BUS].publish, [t.id for t in settings.themes],
                                 settings.qa, shared=bool(settings.redis_url),
-                                segment_ids=[seg.id for seg in settings.plan.segments])
+                                segment_ids=[seg.id for seg in settings.plan.segments],
+                                load=settings.load, loop=app[keys.LOOP])
     app[keys.QUESTIONS] = questions
+    counts = app[keys.COUNTS] = CachedCounts(QuestionStore(app[keys.CONTROL_ENGINE]).counts)
+    app[keys.LOAD_REPORT] = lambda: load_report(app)
     await questions.start()
-    yield
+    async with app[keys.LOOP].running():
+        yield
+    await counts.aclose()
     await questions.stop()
     if isinstance(limiter, FallbackRateLimiter):
         await limiter.aclose()
@@ -271,14 +281,39 @@ async def healthz(request: web.Request) -> web.Response:
     would take every process out of the pool (README).
     """
     checks = await _checks(request.app)
+    load = load_report(request.app)
     down = [name for name, state in checks.items() if state == "down"]
     if request.match_info.get("serving"):
         down = [name for name in down if name != "redis"]
     if down:
         return json_response({"status": "unavailable", "error": "service_unavailable",
-                              "message": _down_message(down), "checks": checks}, status=503)
-    status = "degraded" if "down" in checks.values() else "ok"
-    return json_response({"status": status, "checks": checks})
+                              "message": _down_message(down), "checks": checks,
+                              "load": load}, status=503)
+    # Overloaded is still serving: it refuses the excess fast (503 + Retry-After)
+    # and keeps the programme going; pulling it would only move the load.
+    status = ("degraded" if "down" in checks.values()
+              else "overloaded" if load["shedding"] else "ok")
+    return json_response({"status": status, "checks": checks, "load": load})
+
+
+def load_report(app: web.Application) -> dict[str, Any]:
+    """How busy this process is, read from memory only (no I/O, no waiting)."""
+    loop = app[keys.LOOP].stats()
+    queues = app[keys.QUESTIONS].load_stats()
+    pools = {name: _pool_status(app[key]) for name, key in
+             (("audience", keys.ENGINE), ("programme", keys.CONTROL_ENGINE))}
+    shedding = bool(loop["overloaded"]) or any(
+        q["queued"] >= q["capacity"] if "queued" in q
+        else q["running"] >= q["concurrency"] and q["waiting"] >= q["queue"]
+        for q in queues.values())
+    return {"shedding": shedding, "loop": loop, **queues, "pools": pools}
+
+
+def _pool_status(engine: AsyncEngine) -> dict[str, int]:
+    pool = engine.sync_engine.pool
+    if not isinstance(pool, QueuePool):
+        return {}
+    return {"size": pool.size(), "checked_out": pool.checkedout(), "overflow": pool.overflow()}
 
 
 async def _checks(app: web.Application) -> dict[str, str]:
@@ -292,9 +327,11 @@ async def _checks(app: web.Application) -> dict[str, str]:
 
 
 async def _database_answers(app: web.Application) -> str:
+    # On the programme's own connections: the audience's may all be busy, which
+    # is load (reported under "load"), not the database being away.
     try:
         async with asyncio.timeout(_DATABASE_CHECK_S):
-            return "ok" if await db.ping(app[keys.ENGINE]) else "down"
+            return "ok" if await db.ping(app[keys.CONTROL_ENGINE]) else "down"
     except TimeoutError:
         return "down"
 

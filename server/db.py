@@ -146,13 +146,15 @@ class WriteHealth:
 
     PROBE_EVERY_S = 5.0
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *others: AsyncEngine) -> None:
         self.engine = engine
+        """Where the probe writes: the programme's own engine, which audience load never holds."""
         self.failure: str | None = None
         """Why the last write failed, or None when the last one went through."""
         self._probed_at = float("-inf")
-        event.listen(engine.sync_engine, "handle_error", self._on_error)
-        event.listen(engine.sync_engine, "commit", self._on_commit)
+        for watched in (engine, *others):
+            event.listen(watched.sync_engine, "handle_error", self._on_error)
+            event.listen(watched.sync_engine, "commit", self._on_commit)
 
     def _on_error(self, context: ExceptionContext) -> None:
         statement = (context.statement or "").lstrip().upper()

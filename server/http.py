@@ -16,6 +16,7 @@ from aiohttp import web
 from sqlalchemy import exc as sa_exc
 
 from server import i18n, keys
+from server.admission import Overloaded
 from server.auth import SESSION_COOKIE, Role, Staff, csrf_ok
 
 log = logging.getLogger("tv.http")
@@ -80,6 +81,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except ApiError as e:
         return error_response(request, e.status, e.code, e.headers, e.extra, **e.params)
+    except Overloaded as e:
+        # Load shedding: answered at once, with when to come back (logged by
+        # the queue that refused, once per burst, not here per request).
+        error = retry_later(503, "overloaded", e.retry_after_s)
+        return error_response(request, error.status, error.code, error.headers, error.extra)
     except web.HTTPException as e:
         if e.status < 400:
             raise

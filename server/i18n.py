@@ -186,6 +186,11 @@ ERRORS: Mapping[str, Mapping[str, str]] = {
               "secondes, rien n'a été perdu de ce qui était déjà enregistré.",
         "en": "Saving is impossible for the moment: try again in a few seconds; nothing "
               "already saved was lost."},
+    "overloaded": {
+        "fr": "Beaucoup de monde en même temps : réessayez dans quelques secondes, "
+              "rien n'a été enregistré de cette demande.",
+        "en": "Many people at once: try again in a few seconds; nothing of this request "
+              "was saved."},
     "question_not_stored": {
         "fr": "Cette question n'a pas pu être enregistrée telle quelle : modifiez-la et "
               "renvoyez-la.",

@@ -15,12 +15,13 @@ if TYPE_CHECKING:
 
     from qa.service import QuestionService
     from schedule.service import ProgrammeService
+    from server.admission import LoopMonitor
     from server.auth import AuthService
     from server.clock import Clock
     from server.db import WriteHealth
     from server.events import EventBus
     from server.i18n import Catalog
-    from server.metrics import Metrics
+    from server.metrics import CachedCounts, Metrics
     from server.ratelimit import RateLimiter
     from server.settings import Settings
     from tv.routes import Publishers
@@ -43,6 +44,11 @@ PROGRAMME: web.AppKey[ProgrammeService] = web.AppKey("programme")
 PROGRAMME_VIEW: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("programme_view")
 SIO: web.AppKey[socketio.AsyncServer] = web.AppKey("sio")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+LOOP: web.AppKey[LoopMonitor] = web.AppKey("loop")
+COUNTS: web.AppKey[CachedCounts] = web.AppKey("counts")
+"""Question counts for /metrics, read in the background on the programme's connections."""
+LOAD_REPORT: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("load_report")
+"""How late the event loop runs; audience work is refused while it stays late."""
 JINJA: web.AppKey[jinja2.Environment] = web.AppKey("jinja")
 CATALOG: web.AppKey[Catalog] = web.AppKey("catalog")
 TV: web.AppKey[TvService] = web.AppKey("tv")

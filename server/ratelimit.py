@@ -7,7 +7,7 @@ import contextlib
 import logging
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
@@ -44,6 +44,10 @@ class RateLimiter(Protocol):
 
     async def release(self, claim: Claim) -> None:
         """Uncount an allowed claim (an action that turned out not to count)."""
+
+    async def hit_all(self, checks: Sequence[tuple[str, RateLimit]]) -> float | None:
+        """Count one action against every limit, or against none, in one atomic
+        step: None if every limit allows it, else the longest wait."""
 
 
 class MemoryRateLimiter:
@@ -88,6 +92,18 @@ class MemoryRateLimiter:
         hits.append(now)
         return Claim(key, None, repr(now))
 
+    async def hit_all(self, checks: Sequence[tuple[str, RateLimit]]) -> float | None:
+        # No await between the counts and the appends: atomic within the process.
+        windows = [(self._window(key, limit), limit) for key, limit in checks]
+        now = self.clock.monotonic()
+        waits = [hits[0] + limit.window_s - now for hits, limit in windows
+                 if len(hits) >= limit.count]
+        if waits:
+            return max(0.001, max(waits))
+        for hits, _limit in windows:
+            hits.append(now)
+        return None
+
     async def release(self, claim: Claim) -> None:
         hits = self._hits.get(claim.key)
         if claim.wait_s is None and hits is not None:
@@ -113,6 +129,28 @@ return ''
 """
 
 
+# The same for several limits at once: all counted, or none (one round trip).
+_LUA_ALL = """
+local now, member = tonumber(ARGV[1]), ARGV[2]
+local worst = nil
+for i, key in ipairs(KEYS) do
+  local window, count = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  if redis.call('ZCARD', key) >= count then
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    local wait = tonumber(oldest[2]) + window - now
+    if worst == nil or wait > worst then worst = wait end
+  end
+end
+if worst ~= nil then return tostring(worst) end
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now, member)
+  redis.call('PEXPIRE', key, math.ceil(tonumber(ARGV[1 + 2 * i]) * 1000))
+end
+return ''
+"""
+
+
 class RedisRateLimiter:
     """Shared by every process using the same Redis, so limits hold show-wide."""
 
@@ -121,6 +159,7 @@ class RedisRateLimiter:
         self.prefix = prefix
         self.clock = clock
         self._script = redis.register_script(_LUA)
+        self._script_all = redis.register_script(_LUA_ALL)
 
     async def _run(self, key: str, limit: RateLimit, member: str) -> float | None:
         # Wall time, because processes on several machines share the window.
@@ -140,6 +179,15 @@ class RedisRateLimiter:
         member = uuid.uuid4().hex
         wait = await self._run(key, limit, member)
         return Claim(key, wait, member if wait is None else "")
+
+    async def hit_all(self, checks: Sequence[tuple[str, RateLimit]]) -> float | None:
+        args: list[Any] = [self.clock.now().timestamp(), uuid.uuid4().hex]
+        for _key, limit in checks:
+            args += [limit.window_s, limit.count]
+        result = await self._script_all(keys=[f"{self.prefix}:rl:{k}" for k, _ in checks],
+                                        args=args)
+        text = result.decode() if isinstance(result, bytes) else str(result)
+        return max(0.001, float(text)) if text else None
 
     async def release(self, claim: Claim) -> None:
         if claim.wait_s is None:
@@ -173,6 +221,9 @@ class FallbackRateLimiter:
 
     async def peek(self, key: str, limit: RateLimit) -> float | None:
         return await self._either(lambda limiter: limiter.peek(key, limit))
+
+    async def hit_all(self, checks: Sequence[tuple[str, RateLimit]]) -> float | None:
+        return await self._either(lambda limiter: limiter.hit_all(checks))
 
     async def claim(self, key: str, limit: RateLimit) -> Claim:
         async def counted(limiter: RateLimiter) -> Claim:

@@ -31,6 +31,10 @@ def test_settings(tmp_path: Path, database_url: str | None = None, redis_url: st
     raw["redis"] = {"url": redis_url, "channel": redis_channel}
     raw["webrtc"] = {"host_addresses": ["127.0.0.1"], "ice_servers": []}
     raw["logging"] = {"format": "text", "level": "WARNING"}
+    # The test's own clients share the server's event loop here, so its lag is
+    # theirs as much as the server's: lag-based shedding is left to the tests
+    # that set it (tests/server/test_load.py), and to run.py's processes.
+    raw["load"] = {"loop_lag_ms": 10_000}
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
     return parse_settings(raw, base_dir=tmp_path)
