@@ -394,12 +394,14 @@ class QuestionService:
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(StorageUnavailable(e.detail))
+                self.votes_queue.wrote(0, time.monotonic() - started)
                 continue
             except Exception:
                 log.exception("a batch of votes could not be stored", extra={"count": len(batch)})
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(StorageUnavailable("votes not stored"))
+                self.votes_queue.wrote(0, time.monotonic() - started)
                 continue
             self.votes_queue.wrote(len(batch), time.monotonic() - started)
             for p, outcome in zip(batch, outcomes, strict=True):

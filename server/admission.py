@@ -158,6 +158,8 @@ class WriteQueue(Generic[T]):
         self._rate: float | None = None
         """Items written per second while writing (an exponential average)."""
         self.counts = _Counts()
+        self.writing = 0
+        """Items taken by the writer and not yet written."""
         self.write_times = Durations()
         self._shed_logged_at = float("-inf")
 
@@ -199,6 +201,7 @@ class WriteQueue(Generic[T]):
         items = [await self._queue.get()]
         while len(items) < self.batch_max and not self._queue.empty():
             items.append(self._queue.get_nowait())
+        self.writing = len(items)
         return items
 
     def drain(self) -> list[T]:
@@ -209,12 +212,14 @@ class WriteQueue(Generic[T]):
 
     def wrote(self, count: int, seconds: float) -> None:
         """Tell the queue how long a batch took, to predict the next waits."""
+        self.writing = 0
         self.write_times.add(seconds)
         rate = count / max(seconds, 1e-4)
         self._rate = rate if self._rate is None else 0.8 * self._rate + 0.2 * rate
 
     def stats(self) -> dict[str, Any]:
-        return {"queued": self._queue.qsize(), "capacity": self.capacity,
+        return {"queued": self._queue.qsize(), "writing": self.writing,
+                "capacity": self.capacity,
                 "admitted": self.counts.admitted, "shed": self.counts.shed,
                 "write_ms": self.write_times.summary_ms()}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from typing import Any, NoReturn
 import aiohttp
 import pytest
 import socketio
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from server.settings import Settings, parse_settings
 
@@ -178,3 +180,17 @@ class Listener:
 
     async def close(self) -> None:
         await self.client.disconnect()
+
+
+async def hold_every_connection(engine: AsyncEngine, stack: contextlib.AsyncExitStack) -> int:
+    """Check out ``engine``'s connections until its pool has none left (as a
+    saturating audience would); they go back when ``stack`` closes. How many."""
+    held = 0
+    while True:
+        try:
+            async with asyncio.timeout(0.5):
+                conn: AsyncConnection = await engine.connect()
+        except TimeoutError:
+            return held  # the next one would wait for the pool: it is saturated
+        stack.push_async_callback(conn.close)
+        held += 1

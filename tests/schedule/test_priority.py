@@ -2,36 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from aiohttp.test_utils import TestServer
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from server import keys
 from server.auth import Role
 from tests.conftest import StartServer, add_staff
-from tests.helpers import Http
+from tests.helpers import Http, hold_every_connection
 from tests.helpers import test_settings as settings_for
 
 OpenHttp = Callable[..., Awaitable[Http]]
-
-
-async def _hold_every_audience_connection(server: TestServer,
-                                          stack: contextlib.AsyncExitStack) -> int:
-    """Check out audience connections until the pool has none left; how many."""
-    engine, held = server.app[keys.ENGINE], 0
-    while True:
-        try:
-            async with asyncio.timeout(0.5):
-                conn: AsyncConnection = await engine.connect()
-        except TimeoutError:
-            return held  # the next one would wait for the pool: it is saturated
-        stack.push_async_callback(conn.close)
-        held += 1
 
 
 async def test_a_take_is_applied_while_the_audience_holds_every_connection(
@@ -45,7 +27,7 @@ async def test_a_take_is_applied_while_the_audience_holds_every_connection(
     assert status == 200
 
     async with contextlib.AsyncExitStack() as stack:
-        held = await _hold_every_audience_connection(server, stack)
+        held = await hold_every_connection(server.app[keys.ENGINE], stack)
         assert held >= 5
 
         # A director who opens the control room now, and takes the next segment.
