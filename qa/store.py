@@ -25,14 +25,14 @@ from sqlalchemy import (
 from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from qa.errors import StorageUnavailable
 from qa.model import Question, Status
-from server.dbtypes import UtcDateTime
+from server.dbtypes import UtcDateTime, database_unavailable
 
 
 class Base(DeclarativeBase):
@@ -204,8 +204,10 @@ class QuestionStore:
             async with self.engine.begin() as conn:
                 result = await conn.execute(insert(Q).values(rows).returning(*Q.c))
                 stored = [_to_question(r) for r in result]
-        except (OperationalError, InterfaceError, PoolTimeout) as e:
-            # Not this batch's fault: the database is away, full or read-only.
+        except DBAPIError as e:
+            if not database_unavailable(e):
+                raise
+            # Not this batch's fault: the database is away, full, read-only or busy.
             raise StorageUnavailable(str(getattr(e, "orig", None) or e)[:200]) from e
         # RETURNING promises no order: put each row back in its input's place.
         places: dict[tuple[str, str, datetime], list[int]] = {}
@@ -392,7 +394,9 @@ class QuestionStore:
                     await conn.execute(update(Q).where(Q.c.id.in_(touched)).values(votes=count))
                 current = {r.id: _to_question(r) for r in await conn.execute(
                     select(Q).where(Q.c.id.in_(sorted(public))))}
-        except (OperationalError, InterfaceError, PoolTimeout) as e:
+        except (DBAPIError, PoolTimeout) as e:
+            if not database_unavailable(e):
+                raise
             raise StorageUnavailable(str(getattr(e, "orig", None) or e)[:200]) from e
         return [VoteOutcome(current.get(c.question_id), done)
                 for c, done in zip(changes, changed, strict=True)]

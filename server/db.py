@@ -30,13 +30,15 @@ _MIGRATION_LOCK = 72_090_509
 
 
 def make_engine(url: str, pool_size: int | None = None, max_overflow: int | None = None,
-                wait_s: float = 30.0) -> AsyncEngine:
+                wait_s: float = 30.0, statement_timeout: bool = False) -> AsyncEngine:
     """An engine for SQLite (file made on demand) or PostgreSQL.
 
     ``pool_size`` and ``max_overflow`` default to SQLAlchemy's 5 + 10 on
     SQLite, and 10 + 20 on PostgreSQL. ``wait_s`` bounds how long a query
     waits for a connection from the pool and, on SQLite, for the file's write
     lock: past it the query fails (503 at the HTTP edge) instead of queueing.
+    On PostgreSQL, ``statement_timeout`` bounds lock waits by ``wait_s`` too,
+    and each statement by five times that.
     """
     pool: dict[str, Any] = {"pool_timeout": wait_s}
     if pool_size is not None:
@@ -62,14 +64,21 @@ def make_engine(url: str, pool_size: int | None = None, max_overflow: int | None
             cur.close()
 
         return engine
+    args: dict[str, Any] = {}
+    if statement_timeout:
+        # PostgreSQL has no busy_timeout: a statement stuck behind a lock would
+        # wait for ever. Bound the lock wait and the statement itself.
+        ms = str(max(1, round(wait_s * 1000)))
+        args["connect_args"] = {"server_settings": {"lock_timeout": ms,
+                                                    "statement_timeout": str(int(ms) * 5)}}
     return create_async_engine(url, **{"pool_size": 10, "max_overflow": 20, **pool},
-                               pool_pre_ping=True)
+                               pool_pre_ping=True, **args)
 
 
 def audience_engine(url: str, pool: DatabasePool, wait_s: float) -> AsyncEngine:
     """Questions, votes and lists: no query waits longer than ``wait_s`` for the database."""
     return make_engine(url, pool.size or None, None if pool.overflow < 0 else pool.overflow,
-                       wait_s=wait_s)
+                       wait_s=wait_s, statement_timeout=True)
 
 
 CONTROL_WAIT_S = 5.0
@@ -193,9 +202,15 @@ async def ping(engine: AsyncEngine) -> bool:
 
 async def engine_context(url: str, pool: DatabasePool | None = None,
                          wait_s: float = 30.0) -> AsyncIterator[AsyncEngine]:
+    # Migrations may take long on a large database: on an engine of their own,
+    # without the audience's timeouts.
+    migrator = make_engine(url)
+    try:
+        await migrate(migrator)
+    finally:
+        await migrator.dispose()
     engine = audience_engine(url, pool or DatabasePool(), wait_s)
     try:
-        await migrate(engine)
         yield engine
     finally:
         await engine.dispose()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, TypeDecorator
+from sqlalchemy import DateTime, TypeDecorator, exc
 from sqlalchemy.engine import Dialect
 
 
@@ -24,3 +24,21 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# PostgreSQL's codes for "not now": statement or lock timeout, too many
+# connections, shutting down.
+_UNAVAILABLE_STATES = frozenset({"57014", "55P03", "53300", "57P01", "57P03"})
+
+
+def database_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` means the database cannot serve now (away, full,
+    read-only, busy past our wait), as opposed to a refused statement."""
+    if isinstance(error, (exc.OperationalError, exc.InterfaceError, exc.TimeoutError)):
+        return True
+    if isinstance(error, exc.DBAPIError):
+        orig = error.orig
+        state = getattr(orig, "sqlstate", None) or getattr(
+            getattr(orig, "__cause__", None), "sqlstate", None)
+        return state in _UNAVAILABLE_STATES
+    return False

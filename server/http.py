@@ -18,6 +18,7 @@ from sqlalchemy import exc as sa_exc
 from server import i18n, keys
 from server.admission import Overloaded
 from server.auth import SESSION_COOKIE, Role, Staff, csrf_ok
+from server.dbtypes import database_unavailable
 
 log = logging.getLogger("tv.http")
 
@@ -92,7 +93,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         code = _HTTP_CODES.get(e.status, "internal_error")
         headers = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "retry-after")}
         return error_response(request, e.status, code, headers)
-    except (sa_exc.OperationalError, sa_exc.TimeoutError, sa_exc.InterfaceError) as e:
+    except (sa_exc.DBAPIError, sa_exc.TimeoutError) as e:
+        if not database_unavailable(e):
+            log.exception("request failed", extra={"path": request.path,
+                                                   "method": request.method})
+            return error_response(request, 500, "internal_error")
         # The database is away, full, read-only or saturated: nothing the client did.
         # Say so, and when to try again, instead of a 500 that reads as a bug.
         log.warning("the database could not serve a request",

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from aiohttp.test_utils import TestServer
 from sqlalchemy import event
 
@@ -267,3 +268,24 @@ async def test_audience_reads_wait_a_bounded_time_then_are_refused(
             assert took < 1.0 + 1.0 + FAST_S and "Retry-After" in headers
     status, _, _ = await viewers[0].request("GET", "/api/questions")
     assert status == 200
+
+
+async def test_a_vote_behind_a_postgres_lock_is_answered_within_the_wait(
+        postgres_url: str, tmp_path: Path, start_server: StartServer, http: OpenHttp) -> None:
+    """PostgreSQL has no busy_timeout: without lock_timeout a vote would wait for ever."""
+    server, base = await _start(start_server, tmp_path, postgres_url, max_wait_s=0.5)
+    director = await _director(server, base, http)
+    viewer = await http(base)
+    question = await _approved_question(director, viewer, "Qui fixe le prix ?")
+    locker = await asyncpg.connect(postgres_url)
+    try:
+        async with locker.transaction():
+            await locker.execute("LOCK TABLE votes IN EXCLUSIVE MODE")
+            status, reply, headers, took = await _timed(
+                viewer, "POST", f"/api/questions/{question}/vote")
+        assert (status, reply["error"]) == (503, "storage_unavailable"), reply
+        assert "Retry-After" in headers and took < 0.5 + 1.0, took
+    finally:
+        await locker.close()
+    status, reply, _ = await viewer.request("POST", f"/api/questions/{question}/vote")
+    assert (status, reply["votes"]) == (200, 1), reply
