@@ -101,6 +101,7 @@ class QuestionService:
                                else None)
         self._public_lists: dict[tuple[str | None, str, tuple[Status, ...]],
                                  tuple[float, list[Question]]] = {}
+        self._on_air: tuple[float, Question | None] | None = None
         self._writers: list[asyncio.Task[None]] = []
 
     # --- lifecycle ------------------------------------------------------
@@ -189,6 +190,7 @@ class QuestionService:
 
     def _lists_changed(self) -> None:
         self._public_lists.clear()
+        self._on_air = None
 
     async def list_all(self, theme: str | None, status: str | None, sort: str) -> list[Question]:
         statuses = [self._status(status)] if status else None
@@ -339,8 +341,15 @@ class QuestionService:
         return on
 
     async def on_air(self) -> Question | None:
+        """The question on air; read at most twice a second (every viewer's
+        page asks for it when it connects)."""
+        now = self.clock.monotonic()
+        if self._on_air is not None and now - self._on_air[0] < PUBLIC_LIST_TTL_S:
+            return self._on_air[1]
         async with self.reads.slot():
-            return await self.store.on_air()
+            question = await self.store.on_air()
+        self._on_air = (now, question)
+        return question
 
     async def export(self) -> list[Question]:
         return await self.store.all_for_export()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -18,11 +19,13 @@ import socketio
 from aiohttp import web
 from redis.asyncio import Redis
 
+from qa.errors import StorageUnavailable
 from qa.events import OnAirChanged, QuestionChanged, QuestionRemoved, QuestionSubmitted
 from qa.model import Question, staff_view, viewer_view
 from qa.service import VotesChanged
 from schedule.events import ProgrammeChanged
 from server import keys, redisconn
+from server.admission import Overloaded
 from server.auth import SESSION_COOKIE, Role
 from server.events import EventBus
 from server.http import VIEWER_COOKIE
@@ -243,15 +246,37 @@ class _Namespace(socketio.AsyncNamespace):  # type: ignore[misc]
 class PublicNamespace(_Namespace):
     """Anyone: programme, public questions, on-air, and one's own questions."""
 
+    def __init__(self, namespace: str, app: web.Application) -> None:
+        super().__init__(namespace, app)
+        self._later: set[asyncio.Task[None]] = set()
+
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         request: web.Request = environ["aiohttp.request"]
         viewer = request.cookies.get(VIEWER_COOKIE)
         if viewer:
             await self.enter_room(sid, viewer_room(viewer))
         self.metrics.sockets.labels(self.namespace).inc()
-        on_air = await self.app[keys.QUESTIONS].on_air()
-        await self.emit("on_air", (viewer_view(on_air) if on_air else None,), to=sid)
         await self.emit("programme", self.app[keys.PROGRAMME_VIEW](), to=sid)
+        if not await self._send_on_air(sid):
+            # Connected all the same: under load the on-air question comes a little later.
+            task = asyncio.create_task(self._send_on_air_later(sid), name="on-air-later")
+            self._later.add(task)
+            task.add_done_callback(self._later.discard)
+
+    async def _send_on_air(self, sid: str) -> bool:
+        try:
+            on_air = await self.app[keys.QUESTIONS].on_air()
+        except (Overloaded, StorageUnavailable):
+            return False
+        await self.emit("on_air", (viewer_view(on_air) if on_air else None,), to=sid)
+        return True
+
+    async def _send_on_air_later(self, sid: str) -> None:
+        for attempt in range(5):
+            await asyncio.sleep(random.uniform(1.0, 2.0) * 2**attempt)
+            if not self.server.manager.is_connected(sid, self.namespace) \
+                    or await self._send_on_air(sid):
+                return
 
 
 def _refused(code: str, message: str) -> socketio.exceptions.ConnectionRefusedError:
