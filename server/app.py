@@ -306,7 +306,9 @@ def load_report(app: web.Application) -> dict[str, Any]:
         q["queued"] >= q["capacity"] if "queued" in q
         else q["running"] >= q["concurrency"] and q["waiting"] >= q["queue"]
         for q in queues.values())
-    return {"shedding": shedding, "loop": loop, **queues, "pools": pools}
+    eio = app[keys.SIO].eio
+    sockets = {"slow_clients_cut": getattr(eio, "clients_cut", 0)}
+    return {"shedding": shedding, "loop": loop, **queues, "pools": pools, "sockets": sockets}
 
 
 def _pool_status(engine: AsyncEngine) -> dict[str, int]:

@@ -56,6 +56,9 @@ class Metrics:
         self.loop_lag = Gauge("tv_event_loop_lag_seconds",
                               "Median lateness of the event loop over the last second",
                               registry=self.registry)
+        self.clients_cut = Gauge("tv_socketio_slow_clients_cut_total",
+                                 "Socket.IO clients disconnected because they had stopped "
+                                 "reading their pushes", registry=self.registry)
         self.counts_age = Gauge("tv_questions_counts_age_seconds",
                                 "Age of the tv_questions figures (read in the background)",
                                 registry=self.registry)
@@ -63,6 +66,7 @@ class Metrics:
     def observe_load(self, report: dict[str, Any]) -> None:
         """Copy ``server.app.load_report`` into the gauges."""
         self.loop_lag.set(report["loop"]["lag_ms"] / 1000)
+        self.clients_cut.set(report["sockets"]["slow_clients_cut"])
         for name in ("questions", "votes", "reads"):
             queue = report[name]
             self.queued.labels(name).set(queue.get("queued", queue.get("waiting", 0)))

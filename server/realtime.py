@@ -15,8 +15,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import engineio
 import socketio
 from aiohttp import web
+from engineio import packet as eio_packet
 from redis.asyncio import Redis
 
 from qa.errors import StorageUnavailable
@@ -39,16 +41,116 @@ log = logging.getLogger("tv.realtime")
 PUBLIC = "/"
 MODERATION = "/moderation"
 CONTROL = "/control"
-# Vote counts can move hundreds of times a second on a popular question;
-# viewers get the latest count at most this often.
+# Vote counts can move hundreds of times a second on a popular question:
+# moderators get the latest count at most this often, and viewers (a push to
+# every one of them per question) at most once every VOTE_FLUSH_PUBLIC_S.
 VOTE_FLUSH_S = 0.25
+VOTE_FLUSH_PUBLIC_S = 1.0
+# Rooms of `/` by how a client hears vote counts: one `votes` push a second
+# for every question whose count moved (clients that connect with
+# auth {"votes": "batched"}, as the watch page does), or a `question` push
+# per question, the contract's original form.
+VOTES_BATCHED = "votes:batched"
+VOTES_EACH = "votes:each"
 
 
 def viewer_room(viewer_id: str) -> str:
     return f"viewer:{viewer_id}"
 
 
-class _RedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
+class _ClientQueue(asyncio.Queue[Any]):
+    """Engine.IO's queue of packets for one client, bounded.
+
+    Engine.IO keeps an unbounded queue per client, drained by a writer task
+    that waits on the client's socket: a client that stops reading holds
+    every later push until its ping times out. Here the queue is cut at
+    ``[load] client_backlog`` packets (the client has stopped reading, or
+    reads far slower than the show moves): what is queued is dropped, the
+    client is told to close (it reconnects by itself) and the writer to stop;
+    later pushes to it are dropped.
+    """
+
+    def __init__(self, limit: int, on_cut: Callable[[], None]) -> None:
+        super().__init__()
+        self.limit = limit
+        self.on_cut = on_cut
+        self.cut = False
+
+    def put_nowait(self, item: Any) -> None:
+        if item is not None and self.cut:
+            return
+        if item is not None and self.qsize() >= self.limit:
+            self.cut = True
+            while not self.empty():
+                self.get_nowait()
+                self.task_done()
+            self.on_cut()
+            # Engine.IO's CLOSE tells the client to go (a polling client gets
+            # it at its next poll); None stops a WebSocket's writer.
+            super().put_nowait(eio_packet.Packet(eio_packet.CLOSE))
+            item = None
+        super().put_nowait(item)
+
+
+class _EngineIO(engineio.AsyncServer):  # type: ignore[misc]
+    def __init__(self, *args: Any, client_backlog: int = 512, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.client_backlog = client_backlog
+        self.clients_cut = 0
+
+    def create_queue(self, *args: Any, **kwargs: Any) -> asyncio.Queue[Any]:
+        return _ClientQueue(self.client_backlog, self._cut)
+
+    def _cut(self) -> None:
+        self.clients_cut += 1
+        log.warning("a Socket.IO client stopped reading its pushes: disconnected, it will "
+                    "reconnect and catch up", extra={"backlog": self.client_backlog})
+
+
+class _SocketIO(socketio.AsyncServer):  # type: ignore[misc]
+    """python-socketio's server on _EngineIO (through its engineio_options)."""
+
+    def _engineio_server_class(self) -> type[engineio.AsyncServer]:
+        return _EngineIO
+
+
+class _FanOutManager(socketio.AsyncManager):  # type: ignore[misc]
+    """python-socketio's manager, with a broadcast that costs less per client.
+
+    python-socketio 5.18 (``async_manager.py``) sends a broadcast through one
+    asyncio task per recipient and waits for them all: 1,000 viewers, 1,000
+    tasks per push. Putting a packet on a client's queue never waits (see
+    _ClientQueue), so here the same packet, encoded once, is queued for each
+    recipient in turn, in one task. Pushes with an acknowledgement callback
+    (none of ours) keep python-socketio's path.
+    """
+
+    async def emit(self, event: str, data: Any, namespace: str, room: Any = None,
+                   skip_sid: Any = None, callback: Any = None, to: Any = None,
+                   **kwargs: Any) -> None:
+        if callback is not None:
+            await super().emit(event, data, namespace, room=room, skip_sid=skip_sid,
+                               callback=callback, to=to, **kwargs)
+            return
+        room = to or room
+        if namespace not in self.rooms:
+            return
+        args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
+        pkt = self.server.packet_class(socketio.packet.EVENT, namespace=namespace,
+                                       data=[event, *args])
+        encoded = pkt.encode()
+        frames = [eio_packet.Packet(eio_packet.MESSAGE, p)
+                  for p in (encoded if isinstance(encoded, list) else [encoded])]
+        skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
+        # A copy: a recipient may disconnect (and leave its rooms) while we send.
+        for sid, eio_sid in list(self.get_participants(namespace, room)):
+            if sid in skip:
+                continue
+            for frame in frames:
+                await self.server.eio.send_packet(eio_sid, frame)
+
+
+class _RedisManager(socketio.AsyncRedisManager, _FanOutManager):  # type: ignore[misc]
     """python-socketio's Redis manager, made to live through a Redis outage.
 
     What python-socketio 5.18.1 does by itself (``async_pubsub_manager.py``,
@@ -221,13 +323,14 @@ class _TolerantPacket(socketio.packet.Packet):  # type: ignore[misc]
 
 
 def create_sio(settings: Settings) -> socketio.AsyncServer:
-    manager = None
+    manager: socketio.AsyncManager = _FanOutManager()
     if settings.redis_url:
         manager = _RedisManager(settings.redis_url, f"{settings.redis_channel}:socketio",
                                 settings.redis_timeout_s, settings.redis_retry_s)
-    return socketio.AsyncServer(async_mode="aiohttp", client_manager=manager,
+    return _SocketIO(async_mode="aiohttp", client_manager=manager,
                                 ping_interval=20, ping_timeout=20,
-                                max_http_buffer_size=64 * 1024, serializer=_TolerantPacket)
+                                max_http_buffer_size=64 * 1024, serializer=_TolerantPacket,
+                                client_backlog=settings.load.client_backlog)
 
 
 class _Namespace(socketio.AsyncNamespace):  # type: ignore[misc]
@@ -255,6 +358,8 @@ class PublicNamespace(_Namespace):
         viewer = request.cookies.get(VIEWER_COOKIE)
         if viewer:
             await self.enter_room(sid, viewer_room(viewer))
+        batched = isinstance(auth, dict) and auth.get("votes") == "batched"
+        await self.enter_room(sid, VOTES_BATCHED if batched else VOTES_EACH)
         self.metrics.sockets.labels(self.namespace).inc()
         await self.emit("programme", self.app[keys.PROGRAMME_VIEW](), to=sid)
         if not await self._send_on_air(sid):
@@ -338,6 +443,7 @@ class Broadcaster:
         self.sio = sio
         self.programme_view = programme_view
         self._votes: dict[int, Question] = {}
+        self._public_votes: dict[int, Question] = {}
         self._flusher: asyncio.Task[None] | None = None
         if isinstance(sio.manager, _RedisManager):
             # Control rooms and contributor pages follow the programme from
@@ -398,17 +504,30 @@ class Broadcaster:
 
     async def on_votes(self, event: VotesChanged) -> None:
         self._votes[event.question.id] = event.question
+        self._public_votes[event.question.id] = event.question
 
     async def _flush_votes(self) -> None:
+        loop = asyncio.get_running_loop()
+        public_due = loop.time() + VOTE_FLUSH_PUBLIC_S
         while True:
             await asyncio.sleep(VOTE_FLUSH_S)
-            pending, self._votes = self._votes, {}
-            for q in pending.values():
-                try:
-                    await self.sio.emit("question", viewer_view(q), namespace=PUBLIC)
+            staff, self._votes = self._votes, {}
+            public: dict[int, Question] = {}
+            if loop.time() >= public_due:
+                public, self._public_votes = self._public_votes, {}
+                public_due = loop.time() + VOTE_FLUSH_PUBLIC_S
+            try:
+                for q in staff.values():
                     await self.sio.emit("question", staff_view(q), namespace=MODERATION)
-                except Exception:
-                    log.exception("pushing vote counts failed", extra={"question_id": q.id})
+                if public:
+                    counts = [{"id": q.id, "votes": q.votes} for q in public.values()]
+                    await self.sio.emit("votes", {"questions": counts}, namespace=PUBLIC,
+                                        room=VOTES_BATCHED)
+                for q in public.values():
+                    await self.sio.emit("question", viewer_view(q), namespace=PUBLIC,
+                                        room=VOTES_EACH)
+            except Exception:
+                log.exception("pushing vote counts failed")
 
     async def run(self) -> AsyncIterator[None]:
         self._flusher = asyncio.create_task(self._flush_votes(), name="vote-flusher")

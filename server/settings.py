@@ -136,6 +136,8 @@ class LoadSettings:
     """Audience reads waiting for one of those; over this, 503 ``overloaded``."""
     loop_lag_ms: float = 60.0
     """Event-loop lateness above which new audience work is refused."""
+    client_backlog: int = 512
+    """Pushes waiting for one Socket.IO client; past this it is disconnected (it reconnects)."""
 
 
 @dataclass(frozen=True)
@@ -296,6 +298,7 @@ def parse_settings(raw: dict[str, Any], base_dir: Path) -> Settings:
         read_concurrency=r.integer("load.read_concurrency", 3, lo=1, hi=100),
         read_queue=r.integer("load.read_queue", 200, lo=0, hi=1_000_000),
         loop_lag_ms=r.number("load.loop_lag_ms", 60.0, lo=5.0, hi=10_000.0),
+        client_backlog=r.integer("load.client_backlog", 512, lo=8, hi=100_000),
     )
     pool = DatabasePool(
         size=r.integer("database.pool_size", 0, lo=0, hi=1000),

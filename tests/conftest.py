@@ -123,8 +123,9 @@ async def listen() -> AsyncIterator[Callable[..., Awaitable[Listener]]]:
     """Connect real Socket.IO clients; all are disconnected at the end."""
     opened: list[Listener] = []
 
-    async def connect(base: str, namespace: str = "/", cookies: str = "") -> Listener:
-        listener = await Listener.connect(base, namespace, cookies)
+    async def connect(base: str, namespace: str = "/", cookies: str = "",
+                      auth: dict[str, Any] | None = None) -> Listener:
+        listener = await Listener.connect(base, namespace, cookies, auth=auth)
         opened.append(listener)
         return listener
 

@@ -151,7 +151,8 @@ class Listener:
     @classmethod
     async def connect(cls, base: str, namespace: str = "/", cookies: str = "",
                       events: tuple[str, ...] = ("question", "question_removed", "on_air",
-                                                 "my_question", "programme")) -> Listener:
+                                                 "my_question", "programme", "votes"),
+                      auth: dict[str, Any] | None = None) -> Listener:
         client = socketio.AsyncClient(reconnection=False)
         listener = cls(client, namespace)
         for name in events:
@@ -160,7 +161,7 @@ class Listener:
             client.on(name, queue.put_nowait, namespace=namespace)
         headers = {"Cookie": cookies} if cookies else {}
         await client.connect(base, namespaces=[namespace], transports=["websocket"],
-                             headers=headers, wait_timeout=5)
+                             headers=headers, wait_timeout=5, auth=auth)
         return listener
 
     async def next(self, event: str, within: float = 5.0,

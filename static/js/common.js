@@ -412,12 +412,12 @@ export function findSegment(programme, id) {
  * Connect to a Socket.IO namespace with the vendored client (global `io`).
  * `statusNode`, when given, says when the live connection is lost or back.
  */
-export function connectSocket(namespace, statusNode) {
+export function connectSocket(namespace, statusNode, auth = undefined) {
   if (typeof window.io !== "function") {
     showStatus(statusNode, t("live.unavailable"), "error");
     return null;
   }
-  const socket = window.io(namespace, { transports: ["websocket", "polling"], tryAllTransports: true });
+  const socket = window.io(namespace, { transports: ["websocket", "polling"], tryAllTransports: true, auth });
   let wasConnected = false;
   socket.on("connect", () => {
     if (wasConnected) showStatus(statusNode, t("live.reconnected"), "success");

@@ -75,7 +75,7 @@ const params = new URLSearchParams(window.location.search);
 if (params.get("demo")) {
   show({ id: 0, text: t("overlay.demo_text"), author: t("overlay.demo_author"), theme: config.themes?.[0]?.id });
 } else {
-  const socket = connectSocket("/", null);
+  const socket = connectSocket("/", null, { votes: "batched" });
   const sync = async () => {
     try {
       const question = await fetchJSON("/api/on-air");

@@ -182,6 +182,6 @@ function receive(body) {
 if (config.programme) receive(config.programme);
 clock.tick(tick, 250);
 
-const socket = connectSocket("/", $("live-status"));
+const socket = connectSocket("/", $("live-status"), { votes: "batched" });
 socket?.on("programme", receive);
 if (!socket) showStatus($("live-status"), t("live.unavailable"), "error");

@@ -479,7 +479,9 @@ clock.tick(tickProgramme, 250);
 
 // ---------------------------------------------------------------- realtime
 
-const socket = connectSocket("/", nodes.liveStatus);
+// Vote counts come batched: one `votes` push a second for every question whose
+// count moved, rather than a `question` push per question.
+const socket = connectSocket("/", nodes.liveStatus, { votes: "batched" });
 if (socket) {
   let connectedOnce = false;
   socket.on("connect", () => {
@@ -494,6 +496,22 @@ if (socket) {
     if (!question || question.id === undefined) return;
     upsertPublic(question);
     if (myQuestions.has(question.id)) upsertMine(question);
+  });
+  socket.on("votes", ({ questions } = {}) => {
+    let changed = false;
+    for (const { id, votes } of Array.isArray(questions) ? questions : []) {
+      const known = publicQuestions.get(id);
+      if (known && typeof votes === "number" && known.votes !== votes) {
+        publicQuestions.set(id, { ...known, votes });
+        changed = true;
+      }
+      const mine = myQuestions.get(id);
+      if (mine && typeof votes === "number" && mine.votes !== votes) {
+        myQuestions.set(id, { ...mine, votes });
+        renderMine();
+      }
+    }
+    if (changed) renderPublic();
   });
   socket.on("question_removed", ({ id } = {}) => {
     if (publicQuestions.delete(id)) renderPublic();

@@ -142,6 +142,41 @@ async def test_votes_count_once_per_viewer(base_url, http, staff, listen):
     assert (await read(mod, pending["id"]))["votes"] == 0
 
 
+async def test_a_page_that_asks_for_batched_votes_gets_one_votes_push_not_a_question_each(
+        base_url, http, staff, listen):
+    mod = await staff()
+    alice, bruno = await http(base_url), await http(base_url)
+    first = await ask(alice, "Qui fixe le prix minimum garanti ?")
+    second = await ask(bruno, "Combien gagne un producteur de cacao ?")
+    for q in (first, second):
+        await change(mod, q["id"], status="approved")
+    batched = await listen(base_url, "/", auth={"votes": "batched"})
+    each = await listen(base_url, "/")
+    for viewer in (alice, bruno):
+        for q in (first, second):
+            status, _, _ = await viewer.request("POST", f"/api/questions/{q['id']}/vote")
+            assert status == 200
+
+    # The counts arrive in `votes` pushes (one a second at most), each at its
+    # latest value then.
+    latest: dict[int, int] = {}
+    while latest != {first["id"]: 2, second["id"]: 2}:
+        pushed = await batched.next("votes", within=3)
+        assert all(set(c) == {"id", "votes"} for c in pushed["questions"])
+        latest.update((c["id"], c["votes"]) for c in pushed["questions"])
+    # The contract's original form still works for a client that did not ask.
+    await each.next("question", within=3, where=lambda x: x["id"] == first["id"]
+                    and x["votes"] == 2)
+    await each.next("question", within=3, where=lambda x: x["id"] == second["id"]
+                    and x["votes"] == 2)
+    # Barrier: a text edit is a `question` push to everyone; the batched page
+    # got no `question` push for the votes before it.
+    await change(mod, first["id"], text="Qui fixe le prix minimum garanti, et comment ?")
+    barrier = await batched.next("question", within=3)
+    assert barrier["text"] == "Qui fixe le prix minimum garanti, et comment ?"
+    assert batched.drain("question") == []
+
+
 async def test_viewer_list_sorts_and_shows_own_votes(base_url, http, staff):
     mod = await staff()
     asker, a, b, c = [await http(base_url) for _ in range(4)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -289,3 +290,46 @@ async def test_a_vote_behind_a_postgres_lock_is_answered_within_the_wait(
         await locker.close()
     status, reply, _ = await viewer.request("POST", f"/api/questions/{question}/vote")
     assert (status, reply["votes"]) == (200, 1), reply
+
+
+BACKLOG = 24
+
+
+async def test_a_socket_client_that_stops_reading_is_cut_and_the_others_get_every_push(
+        tmp_path: Path, start_server: StartServer, http: OpenHttp, listen: Listen) -> None:
+    server, base = await _start(start_server, tmp_path, f"sqlite:///{tmp_path / 'tv.sqlite3'}",
+                                client_backlog=BACKLOG)
+    director = await _director(server, base, http)
+    viewer, probe = await http(base), await http(base)
+    qid = await _approved_question(director, viewer, "Qui fixe le prix minimum ?")
+    reader = await listen(base, "/")
+    # A client on Engine.IO's polling transport that connects, then never
+    # polls again: every push to `/` waits in its queue on the server.
+    poll = f"{base}/socket.io/?EIO=4&transport=polling"
+    async with probe.session.get(poll) as resp:
+        handshake = await resp.text()
+    sid = json.loads(handshake[1:])["sid"]
+    async with probe.session.post(f"{poll}&sid={sid}", data="40") as resp:
+        assert resp.status == 200
+    async with probe.session.get(f"{poll}&sid={sid}") as resp:
+        assert '40{"sid"' in await resp.text()  # connected to `/`
+
+    edits = BACKLOG + 8
+    version = (await director.request("GET", f"/api/questions/{qid}"))[1]["version"]
+    for n in range(edits):
+        status, q, _ = await director.request(
+            "PATCH", f"/api/questions/{qid}", {"text": f"Qui fixe le prix ? ({n})",
+                                               "version": version})
+        assert status == 200, q
+        version = q["version"]
+
+    # The reading client got every edit, the last one included, in order.
+    texts = [(await reader.next("question", within=5))["text"] for _ in range(edits)]
+    assert texts == [f"Qui fixe le prix ? ({n})" for n in range(edits)]
+    # The one that stopped reading was cut, and the health report says so;
+    # the server holds nothing more for it: its next poll is Engine.IO's
+    # CLOSE alone (1), and its Socket.IO client reconnects by itself.
+    health, _ = await _health(probe)
+    assert health["load"]["sockets"]["slow_clients_cut"] == 1
+    async with probe.session.get(f"{poll}&sid={sid}") as resp:
+        assert await resp.text() == "1"
