@@ -272,10 +272,16 @@ class DuplicateIndex:
     """
 
     threshold: float
+    capacity: int = 20_000
+    """Questions kept, the latest ones: a duplicate is looked for among them, and
+    the index's memory stays flat through a show however many are asked."""
     # Tuples of strings are not tracked by the garbage collector, unlike sets:
     # thousands of questions must not lengthen the collector's pauses.
     _tokens: dict[int, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
     _by_word: dict[tuple[str, str], set[int]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
 
     def add(self, question_id: int, theme: str, text: str) -> None:
         self.add_tokens(question_id, theme, tokens(text))
@@ -285,6 +291,8 @@ class DuplicateIndex:
         self._tokens[question_id] = (theme, tuple(sorted(toks)))
         for word in toks:
             self._by_word.setdefault((theme, word), set()).add(question_id)
+        while len(self._tokens) > self.capacity:
+            self.discard(next(iter(self._tokens)))  # the one added longest ago
 
     def discard(self, question_id: int) -> None:
         old = self._tokens.pop(question_id, None)

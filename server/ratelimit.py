@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
@@ -51,30 +51,50 @@ class RateLimiter(Protocol):
 
 
 class MemoryRateLimiter:
-    """Per-process sliding log; the embedded default."""
+    """Per-process sliding log; the embedded default.
+
+    Memory follows the keys active within their window, not every key ever
+    seen: each window length keeps its keys in least-recently-used order,
+    and each count first drops up to two keys at the old end whose last hit
+    has left the window (amortised constant time, faster than new keys
+    come). ``max_keys`` bounds what is left even when a crowd of fresh keys
+    arrives within one window: the oldest go first.
+    """
 
     def __init__(self, clock: Clock, max_keys: int = 200_000) -> None:
         self.clock = clock
         self.max_keys = max_keys
-        self._hits: dict[str, deque[float]] = {}
+        self._by_window: dict[float, OrderedDict[str, deque[float]]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(keys) for keys in self._by_window.values())
 
     def _window(self, key: str, limit: RateLimit) -> deque[float]:
         now = self.clock.monotonic()
-        hits = self._hits.get(key)
+        keys = self._by_window.setdefault(limit.window_s, OrderedDict())
+        hits = keys.get(key)
         if hits is None:
-            if len(self._hits) >= self.max_keys:
-                self._evict(now, limit.window_s)
-            hits = self._hits[key] = deque()
+            hits = keys[key] = deque()
+        else:
+            keys.move_to_end(key)
         while hits and hits[0] <= now - limit.window_s:
             hits.popleft()
         return hits
 
-    def _evict(self, now: float, window_s: float) -> None:
-        stale = [k for k, v in self._hits.items() if not v or v[-1] <= now - window_s]
-        for k in stale:
-            del self._hits[k]
+    def _forget_stale(self) -> None:
+        """Called before each count, never between a window's fetch and its use."""
+        now = self.clock.monotonic()
+        for window_s, keys in self._by_window.items():
+            for _ in range(2):
+                if not keys:
+                    break
+                oldest, hits = next(iter(keys.items()))
+                if hits and hits[-1] > now - window_s and len(self) <= self.max_keys:
+                    break
+                del keys[oldest]
 
     async def peek(self, key: str, limit: RateLimit) -> float | None:
+        self._forget_stale()
         hits = self._window(key, limit)
         if len(hits) >= limit.count:
             return max(0.001, hits[0] + limit.window_s - self.clock.monotonic())
@@ -85,6 +105,7 @@ class MemoryRateLimiter:
 
     async def claim(self, key: str, limit: RateLimit) -> Claim:
         # No await between the count and the append: atomic within the process.
+        self._forget_stale()
         hits = self._window(key, limit)
         now = self.clock.monotonic()
         if len(hits) >= limit.count:
@@ -94,6 +115,7 @@ class MemoryRateLimiter:
 
     async def hit_all(self, checks: Sequence[tuple[str, RateLimit]]) -> float | None:
         # No await between the counts and the appends: atomic within the process.
+        self._forget_stale()
         windows = [(self._window(key, limit), limit) for key, limit in checks]
         now = self.clock.monotonic()
         waits = [hits[0] + limit.window_s - now for hits, limit in windows
@@ -105,7 +127,8 @@ class MemoryRateLimiter:
         return None
 
     async def release(self, claim: Claim) -> None:
-        hits = self._hits.get(claim.key)
+        hits = next((keys[claim.key] for keys in self._by_window.values()
+                     if claim.key in keys), None)
         if claim.wait_s is None and hits is not None:
             with contextlib.suppress(ValueError):  # already out of the window
                 hits.remove(float(claim.member))

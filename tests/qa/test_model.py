@@ -207,6 +207,16 @@ def test_duplicate_threshold_is_inclusive():
     assert loose.best_match("growth", "cacao cafe banane") == 1
 
 
+def test_duplicate_index_keeps_the_latest_questions_and_its_memory_flat():
+    index = DuplicateIndex(threshold=0.75, capacity=100)
+    for n in range(1000):
+        index.add(n, "growth", f"question {n} sur le prix du cacao numero {n}")
+    assert index.best_match("growth", "question 999 sur le prix du cacao numero 999") == 999
+    assert index.best_match("growth", "question 900 sur le prix du cacao numero 900") == 900
+    assert index.best_match("growth", "question 899 sur le prix du cacao numero 899") is None
+    assert len(index) == 100  # the latest 100, not the 1,000 seen
+
+
 def test_duplicate_index_prefers_the_most_similar_and_forgets_discarded():
     index = DuplicateIndex(threshold=0.5)
     index.add(1, "growth", "cacao cafe riz sucre banane")
