@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from tests.benchmarks.procs import (
     Child,
     add_moderators,
     bench_config,
+    cpu_s,
     free_port,
     raise_nofile,
     run_bench,
@@ -81,7 +82,37 @@ class Show:
     viewers: list[Child]
     moderators: Child
     whep: Child
-    locks: dict[str, asyncio.Lock]
+    publisher: Child
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    cpu_at: tuple[float, dict[str, Any]] | None = None
+
+    def cpu(self) -> dict[str, Any]:
+        """CPU seconds so far: each server, the client processes, this one, the machine."""
+        return {"servers": [s.cpu_s() for s in self.servers],
+                "socket_viewers": sum(v.cpu_s() for v in self.viewers),
+                "whep_viewers": self.whep.cpu_s(), "publisher": self.publisher.cpu_s(),
+                "moderators": self.moderators.cpu_s(), "bench": cpu_s(),
+                "machine": bench_video.machine_busy_s()}
+
+    def cpu_pct(self) -> dict[str, Any]:
+        """Each one's CPU since the last call (100 = one core; the machine has 200)."""
+        now, after = time.monotonic(), self.cpu()
+        before = self.cpu_at
+        self.cpu_at = (now, after)
+        if before is None:
+            return {}
+        span = now - before[0]
+
+        def pct_of(a: float, b: float) -> float:
+            return round((b - a) / span * 100, 1)
+
+        out: dict[str, Any] = {
+            k: [pct_of(a, b) for a, b in zip(before[1][k], v, strict=True)]
+            if isinstance(v, list) else pct_of(before[1][k], v) for k, v in after.items()}
+        # Whatever else ran on the machine meanwhile (other jobs): ±5, counted differently.
+        clients = sum(v for k, v in out.items() if k not in ("servers", "machine"))
+        out["others"] = round(out["machine"] - sum(out["servers"]) - clients, 1)
+        return out
 
     async def ask(self, child: Child, command: dict[str, Any], within: float) -> dict[str, Any]:
         async with self.locks.setdefault(child.name, asyncio.Lock()):
@@ -188,7 +219,7 @@ async def staged(args: argparse.Namespace) -> AsyncIterator[tuple[Show, Audience
         audience = Audience(bases, staff, director, args.timeout)
         stack.push_async_callback(audience.close)
         info["server_rss_mb_at_start"] = [round(s.rss_mb()) for s in servers]
-        yield Show(servers, bases, viewers, moderators, whep, {}), audience, info
+        yield Show(servers, bases, viewers, moderators, whep, publisher), audience, info
         say("stopping every process")
 
 
@@ -279,6 +310,7 @@ async def measure(show: Show, audience: Audience, row: Minute) -> None:
     """At the end of a minute: RSS, frame rates, viewers still connected, moderator pushes."""
     f = row.figures
     f["rss_mb"] = [round(s.rss_mb(), 1) for s in show.servers]
+    f["cpu_pct"] = show.cpu_pct()
     window = (await show.ask(show.whep, {"window": True}, 30))["viewers"]
     full = [w for w in window if w["span_s"] >= 5]
     f["whep_viewers"] = len(window)
@@ -318,7 +350,8 @@ def progress(row: Minute) -> None:
         f"take {takes}; healthz p99 {row.healthz.delay_row()['p99_ms']} ms "
         f"({dict(row.healthz_status)}); RSS {f['rss_mb']} MB; fps {f['fps_median']} "
         f"(min {f['fps_min']}), gap max {f['frame_gap_ms_max']} ms; "
-        f"viewers {f['viewers_connected']}; in flight {h['in_flight'] + q['in_flight']}")
+        f"viewers {f['viewers_connected']}; in flight {h['in_flight'] + q['in_flight']}; "
+        f"cpu % {f['cpu_pct']}")
 
 
 # --- figures --------------------------------------------------------------------------
@@ -337,6 +370,7 @@ def minute_row(row: Minute) -> dict[str, Any]:
         "take_push_ms_p99": max((t["push_ms_p99"] or 0 for t in row.takes), default=None),
         "takes_on_time": all(t["on_time"] for t in row.takes),
         "healthz": row.healthz.delay_row(), "healthz_status": dict(row.healthz_status),
+        "healthz_not_ok": dict(row.healthz_why),
         "metrics": row.metrics.delay_row(),
         "moderator_push_ms": {"p50": pct(row.moderator_ms, 50),
                               "p99": pct(row.moderator_ms, 99),
@@ -404,10 +438,11 @@ async def verify(audience: Audience) -> dict[str, Any]:
             break
         await asyncio.sleep(2)
     lost = sorted(set(audience.accepted) - set(exported))
+    # The staff listing stops at the newest 1,000: compare the ids it covers.
+    covered = {i for i in audience.accepted if listed and i >= min(listed)}
     return {"accepted_201": len(audience.accepted), "exported": len(exported),
             "lost_201": len(lost), "lost_ids": lost[:50],
-            "missing_from_listing": len(set(audience.accepted) - listed),
-            "listed": len(listed),
+            "listed": len(listed), "missing_from_listing": len(covered - listed),
             "votes_counted_200": audience.votes_counted,
             "votes_in_export": sum(int(r.get("votes") or 0) for r in exported.values())}
 
@@ -424,6 +459,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         say(f"programme started: {audience.programme.get('on_air')} on air; soak of "
             f"{sum(m for _, m in steps)} minutes, steps {steps}")
         t0 = time.monotonic()
+        show.cpu_pct()
         measures = []
         for step, (scale, minutes) in enumerate(steps):
             for _ in range(minutes):

@@ -121,6 +121,8 @@ class Minute:
     healthz: Tally = field(default_factory=Tally)
     metrics: Tally = field(default_factory=Tally)
     healthz_status: Counter[str] = field(default_factory=Counter)
+    healthz_why: Counter[str] = field(default_factory=Counter)
+    """The message and failing checks of each /healthz answer other than 200."""
     takes: list[dict[str, Any]] = field(default_factory=list)
     moderator_ms: list[float] = field(default_factory=list)
     moderator_missing: int = 0
@@ -294,6 +296,10 @@ class Audience:
                               lambda s: s == 200)
         status = got.body.get("status") if isinstance(got.body, dict) else None
         row.healthz_status[str(status or got.status)] += 1
+        if got.status != 200 and isinstance(got.body, dict):
+            # What was down, as the server says it (checks: database, redis, programme...).
+            down = {k: v for k, v in (got.body.get("checks") or {}).items() if v != "ok"}
+            row.healthz_why[f"{got.body.get('message')} {down}"] += 1
 
     async def _metrics(self, base: str, row: Minute) -> None:
         await self.send(self.polls, row.metrics, "GET", base + "/metrics", None, {},
