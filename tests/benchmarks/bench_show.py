@@ -319,8 +319,22 @@ async def measure(show: Show, audience: Audience, row: Minute) -> None:
     f["frame_gap_ms_max"] = round(max(w["max_gap_ms"] for w in window), 1) if window else None
     status = await asyncio.gather(*(show.ask(v, {"cmd": "status"}, 30) for v in show.viewers))
     f["viewers_connected"] = sum(s["connected"] for s in status)
+    f["feeds"] = await feeds(audience)
     progress(row)
     await collect_moderators(show, audience, 10)
+
+
+async def feeds(audience: Audience) -> dict[str, Any]:
+    """The contributors as the director sees them (GET /api/feeds): state and frame rate."""
+    try:
+        status, body, _ = await audience.director.request("GET", "/api/feeds",
+                                                          timeout=audience.timeout)
+    except (TimeoutError, OSError) as e:
+        return {"error": repr(e)}
+    if status != 200 or not isinstance(body, list):
+        return {"error": f"GET /api/feeds answered {status}"}
+    return {f["feed"]: {"state": f["state"], "fps": f.get("fps")} for f in body
+            if f["feed"] in dict(FEEDS)}
 
 
 async def collect_moderators(show: Show, audience: Audience, within: float) -> None:
@@ -350,7 +364,8 @@ def progress(row: Minute) -> None:
         f"take {takes}; healthz p99 {row.healthz.delay_row()['p99_ms']} ms "
         f"({dict(row.healthz_status)}); RSS {f['rss_mb']} MB; fps {f['fps_median']} "
         f"(min {f['fps_min']}), gap max {f['frame_gap_ms_max']} ms; "
-        f"viewers {f['viewers_connected']}; in flight {h['in_flight'] + q['in_flight']}; "
+        f"viewers {f['viewers_connected']}; feeds {f['feeds']}; "
+        f"in flight {h['in_flight'] + q['in_flight']}; "
         f"cpu % {f['cpu_pct']}")
 
 
