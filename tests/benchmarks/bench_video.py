@@ -347,6 +347,20 @@ class Meter:
     highest: dict[int, int] = field(default_factory=dict)
     """Each stream's (SSRC's) latest sequence number, for the receiver reports."""
     video_ssrcs: set[int] = field(default_factory=set)
+    window_start: float = field(default_factory=time.monotonic)
+    """Since when ``window_frames`` and ``max_gap_s`` count (bench_show reads them)."""
+    window_frames: int = 0
+    last_frame_at: float | None = None
+    max_gap_s: float = 0.0
+    """The longest time between two frames' last packets in the window."""
+
+    def window(self, now: float) -> dict[str, float]:
+        """Frame rate and longest gap since the last call; the next window starts now."""
+        span = now - self.window_start
+        out = {"fps": self.window_frames / span if span > 0 else 0.0, "span_s": span,
+               "max_gap_ms": self.max_gap_s * 1000}
+        self.window_start, self.window_frames, self.max_gap_s = now, 0, 0.0
+        return out
 
 
 METERS: dict[Any, Meter] = {}
@@ -375,6 +389,11 @@ def count_and_drop_rtp() -> None:
                     meter.video_ssrcs.add(ssrc)
                     if data[1] & 0x80:
                         meter.frames += 1
+                        meter.window_frames += 1
+                        now = time.monotonic()
+                        if meter.last_frame_at is not None:
+                            meter.max_gap_s = max(meter.max_gap_s, now - meter.last_frame_at)
+                        meter.last_frame_at = now
                 return
         original(self, data, addr)
 
@@ -382,7 +401,11 @@ def count_and_drop_rtp() -> None:
 
 
 async def viewers_role(proc: int) -> None:
-    """{"open": n, "url"} adds n viewers; {"stats": true}; {"close": true} ends them all."""
+    """{"open": n, "url"} adds n viewers; {"stats": true}; {"close": true} ends them all.
+
+    {"leave": n} ends the n oldest; {"window": true}: each viewer's frame rate and
+    longest gap between frames since the last such command.
+    """
     restrict_host_addresses(LOOPBACK)
     count_and_drop_rtp()
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=20))
@@ -407,8 +430,21 @@ async def viewers_role(proc: int) -> None:
             sessions.append((session, meter))
             return True
 
+    async def close(ended: list[tuple[WhepSession, Meter]]) -> None:
+        await asyncio.gather(*(s.close(http) for s, _ in ended), return_exceptions=True)
+        for s, _ in ended:
+            METERS.pop(s.pc.getTransceivers()[0].receiver.transport.transport
+                       .iceGatherer._connection, None)
+
     async def handle(cmd: dict[str, Any]) -> dict[str, Any]:
         nonlocal opened
+        if "leave" in cmd:
+            ended, sessions[:] = sessions[:cmd["leave"]], sessions[cmd["leave"]:]
+            await close(ended)
+            return {"viewers": len(sessions), "left": len(ended)}
+        if cmd.get("window"):
+            now = time.monotonic()
+            return {"viewers": [m.window(now) for _, m in sessions]}
         if "open" in cmd:
             gate = asyncio.Semaphore(8)
             start = time.monotonic()
@@ -418,12 +454,9 @@ async def viewers_role(proc: int) -> None:
             return {"viewers": len(sessions), "failed": ok.count(False),
                     "open_s": round(time.monotonic() - start, 2)}
         if cmd.get("close"):
-            await asyncio.gather(*(s.close(http) for s, _ in sessions), return_exceptions=True)
-            for s, _ in sessions:
-                METERS.pop(s.pc.getTransceivers()[0].receiver.transport.transport
-                           .iceGatherer._connection, None)
-            closed, sessions[:] = len(sessions), []
-            return {"closed": closed}
+            ended, sessions[:] = list(sessions), []
+            await close(ended)
+            return {"closed": len(ended)}
         return {"t": time.monotonic(), "frames": [m.frames for _, m in sessions],
                 "bytes": [m.bytes for _, m in sessions],
                 "packets": [m.packets for _, m in sessions]}
@@ -710,6 +743,16 @@ def video_config(tmp: Path, run: int) -> Path:
     return path
 
 
+async def publish(publisher: Child, url: str, token: str, colour: str, size: tuple[int, int],
+                  fps: int, textured: bool, codec: str) -> None:
+    """Have the ``--role publisher`` process publish a test pattern and a tone over WHIP."""
+    got = await publisher.ask({"publish": url, "token": token, "colour": colour,
+                               "width": size[0], "height": size[1], "fps": fps,
+                               "textured": textured, "codec": f"video/{codec}"}, within=60)
+    if "error" in got:
+        raise RuntimeError(got["error"])
+
+
 @dataclass
 class Stage:
     """The client processes, shared by both servers of a run."""
@@ -727,12 +770,8 @@ class Stage:
 
     async def publish(self, url: str, token: str, colour: str) -> None:
         a = self.args
-        got = await self.publisher.ask({"publish": url, "token": token, "colour": colour,
-                                        "width": a.publish_width, "height": a.publish_height,
-                                        "fps": self.fps, "textured": a.content == "textured",
-                                        "codec": f"video/{a.publish_codec}"}, within=60)
-        if "error" in got:
-            raise RuntimeError(got["error"])
+        await publish(self.publisher, url, token, colour, (a.publish_width, a.publish_height),
+                      self.fps, a.content == "textured", a.publish_codec)
 
     async def grow(self, url: str, have: int, want: int) -> int:
         """Open cheap viewers, spread over the processes, up to ``want``."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -56,10 +57,20 @@ async def serve_commands(handle: Command | None = None) -> None:
 # --- viewers -----------------------------------------------------------------
 
 
+PROGRAMME_KEPT = 16
+"""``programme`` pushes remembered per viewer (receive time, segment on air)."""
+
+
 async def viewers(url: str, first: int, count: int, concurrency: int) -> None:
-    """Connect ``count`` viewers to ``/`` and keep them connected until stdin closes."""
+    """Connect ``count`` viewers to ``/`` and keep them connected until stdin closes.
+
+    Each viewer time-stamps its ``programme`` pushes; {"cmd": "programme",
+    "on_air": id, "after": t} answers, per connected viewer, when it first heard
+    that segment on air at or after ``t`` (None: not yet).
+    """
     role = f"viewers {first}..{first + count - 1}"
     listeners: list[Listener] = []
+    heard: list[collections.deque[tuple[float, str | None]]] = []
     received = failed = 0
     gate = asyncio.Semaphore(concurrency)
     start = time.monotonic()
@@ -81,7 +92,15 @@ async def viewers(url: str, first: int, count: int, concurrency: int) -> None:
                     await asyncio.sleep(0.5 * (attempt + 1))
                     continue
                 listener.client.on("my_question", on_my_question, namespace="/")
+                pushes: collections.deque[tuple[float, str | None]] = collections.deque(
+                    maxlen=PROGRAMME_KEPT)
+
+                def on_programme(data: dict[str, Any], pushes: Any = pushes) -> None:
+                    pushes.append((time.monotonic(), data.get("on_air")))
+
+                listener.client.on("programme", on_programme, namespace="/")
                 listeners.append(listener)
+                heard.append(pushes)
                 if len(listeners) % step == 0:
                     say(role, f"{len(listeners)}/{count} connected in "
                               f"{time.monotonic() - start:.1f} s, {rss_mb():.0f} MB")
@@ -93,6 +112,11 @@ async def viewers(url: str, first: int, count: int, concurrency: int) -> None:
            "connect_s": round(time.monotonic() - start, 2), "rss_mb": round(rss_mb())})
 
     async def handle(command: dict[str, Any]) -> dict[str, Any]:
+        if command.get("cmd") == "programme":
+            after, on_air = command["after"], command["on_air"]
+            return {"heard": [
+                next((t for t, seg in pushes if t >= after and seg == on_air), None)
+                for pushes, x in zip(heard, listeners, strict=True) if x.client.connected]}
         return {"connected": sum(1 for x in listeners if x.client.connected),
                 "my_question_events": received, "rss_mb": round(rss_mb())}
 
@@ -130,7 +154,8 @@ async def moderators(url: str, names: list[str]) -> None:
     reply({"ready": True, "connected": len(listeners)})
 
     async def handle(command: dict[str, Any]) -> dict[str, Any]:
-        """Wait (bounded) for every id, then hand back the receive times and forget them."""
+        """Wait (bounded) for every id, then hand back the receive times and forget them
+        (only those ids with ``keep_others``)."""
         ids: list[int] = command.get("ids", [])
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(float(command.get("timeout", 10))):
@@ -139,7 +164,12 @@ async def moderators(url: str, names: list[str]) -> None:
                     await arrived.wait()
         result = [[seen.get(i) for i in ids] for seen in stamps]
         for seen in stamps:
-            seen.clear()
+            if command.get("keep_others"):
+                # Pushes of questions not asked about yet stay for a later command.
+                for i in ids:
+                    seen.pop(i, None)
+            else:
+                seen.clear()
         return {"stamps": result,
                 "connected": sum(1 for x in listeners if x.client.connected)}
 

@@ -138,9 +138,21 @@ def _toml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string without control characters is a TOML string
 
 
-def bench_config(tmp: Path, db: Path) -> Path:
-    """config.toml on the SQLite file ``db``, quiet logs, rate limits out of the way."""
-    db_url = f"sqlite:///{db}"
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return _toml_str(value) if isinstance(value, str) else str(value)
+
+
+def bench_config(tmp: Path, db: Path, database_url: str | None = None,
+                 extra: dict[str, dict[str, Any]] | None = None) -> Path:
+    """config.toml on the SQLite file ``db``, quiet logs, rate limits out of the way.
+
+    ``database_url`` replaces the SQLite file (``db`` then only names the
+    configuration file); ``extra`` sets more keys, {section: {key: value}},
+    each value written as TOML (strings, numbers, booleans).
+    """
+    db_url = database_url or f"sqlite:///{db}"
     unlimited = "{ count = 1000000, window_s = 600 }"
     pending: dict[str, dict[str, str]] = {
         "database": {"url": _toml_str(db_url)},
@@ -149,6 +161,8 @@ def bench_config(tmp: Path, db: Path) -> Path:
         "qa": {"rate_per_viewer": unlimited, "rate_per_ip": unlimited},
         "webrtc": {"host_addresses": '["127.0.0.1"]'},
     }
+    for name, values in (extra or {}).items():
+        pending.setdefault(name, {}).update({k: _toml_value(v) for k, v in values.items()})
     out: list[str] = []
     section: str | None = None
 
@@ -171,7 +185,8 @@ def bench_config(tmp: Path, db: Path) -> Path:
     path = tmp / f"{db.stem}.toml"
     path.write_text("\n".join(out) + "\n", "utf-8")
     settings = load_settings(path)  # a broken rewrite fails here, naming the key
-    assert settings.database_url.endswith(str(db)), settings.database_url
+    assert database_url is not None or settings.database_url.endswith(str(db)), \
+        settings.database_url
     assert settings.qa.per_ip.count == settings.qa.per_viewer.count == 1_000_000
     return path
 
@@ -190,10 +205,10 @@ async def add_moderators(config: Path, names: list[str], password_file: Path) ->
             raise RuntimeError(f"run.py adduser {name} failed with status {proc.returncode}")
 
 
-async def start_server(config: Path, port: int) -> Child:
-    """run.py on a loopback port, returned once /healthz answers 200."""
-    server = await Child.start("server", sys.executable, "run.py", "--config", str(config),
-                               "--host", "127.0.0.1", "--port", str(port), talks=False)
+async def start_server(config: Path, port: int, *extra: str, name: str = "server") -> Child:
+    """run.py on a loopback port (``extra``: more of its options), once /healthz answers 200."""
+    server = await Child.start(name, sys.executable, "run.py", "--config", str(config),
+                               "--host", "127.0.0.1", "--port", str(port), *extra, talks=False)
     url = f"http://127.0.0.1:{port}/healthz"
     deadline = time.monotonic() + 60
     async with aiohttp.ClientSession() as session:
