@@ -368,8 +368,12 @@ function upsertMine(question) {
 async function loadMine() {
   try {
     const list = await fetchJSON("/api/questions/mine");
-    myQuestions.clear();
-    for (const q of list || []) myQuestions.set(q.id, q);
+    // Merged by version, not replaced: a list read before a question we just
+    // sent was stored must not hide it (a viewer's questions never go away).
+    for (const q of list || []) {
+      const known = myQuestions.get(q.id);
+      if (!known || (known.version ?? 0) <= (q.version ?? 0)) myQuestions.set(q.id, { ...known, ...q });
+    }
     renderMine();
   } catch {
     renderMine();
