@@ -169,9 +169,11 @@ function parseRetryAfter(value) {
  * fetch() a JSON API. Resolves with the parsed body (null for an empty one);
  * rejects with an ApiError carrying status, code, the server's localized
  * message and Retry-After seconds. `json`: a body to send as JSON.
- * `csrf`: true to send the staff X-CSRF-Token header.
+ * `csrf`: true to send the staff X-CSRF-Token header. `timeoutMs`: give up
+ * waiting after that long (status 0, code "timeout"): the server may still
+ * have done what was asked, so the caller must not take it for a refusal.
  */
-export async function fetchJSON(url, { method = "GET", json, csrf = false, headers = {} } = {}) {
+export async function fetchJSON(url, { method = "GET", json, csrf = false, headers = {}, timeoutMs = 0 } = {}) {
   const init = { method, credentials: "same-origin", headers: { Accept: "application/json", ...headers } };
   if (json !== undefined) {
     init.headers["Content-Type"] = "application/json";
@@ -179,32 +181,55 @@ export async function fetchJSON(url, { method = "GET", json, csrf = false, heade
   }
   if (csrf && config.csrf_token) init.headers["X-CSRF-Token"] = config.csrf_token;
 
-  let response;
+  // setTimeout + AbortController rather than AbortSignal.timeout(): the
+  // timer also covers reading the body, and tests can drive it with a fake clock.
+  let timedOut = false;
+  let timer = null;
+  if (timeoutMs > 0) {
+    const controller = new AbortController();
+    init.signal = controller.signal;
+    timer = setTimeout(() => {
+      timedOut = true;
+      controller.abort();
+    }, timeoutMs);
+  }
+  const failed = () =>
+    timedOut
+      ? new ApiError({ status: 0, code: "timeout", message: t("error.timeout") })
+      : new ApiError({ status: 0, code: "network", message: t("error.network") });
+
   try {
-    response = await fetch(url, init);
-  } catch {
-    throw new ApiError({ status: 0, code: "network", message: t("error.network") });
-  }
-  let body = null;
-  const type = response.headers.get("Content-Type") || "";
-  if (type.includes("json")) {
+    let response;
     try {
-      body = await response.json();
+      response = await fetch(url, init);
     } catch {
-      body = null;
+      throw failed();
     }
+    let body = null;
+    const type = response.headers.get("Content-Type") || "";
+    if (type.includes("json")) {
+      try {
+        body = await response.json();
+      } catch {
+        body = null;
+      }
+    }
+    // An answer cut off half-way is no answer at all.
+    if (timedOut) throw failed();
+    if (!response.ok) {
+      const fallback = response.status === 429 ? t("error.too_many") : t("error.generic");
+      throw new ApiError({
+        status: response.status,
+        code: (body && body.error) || `http_${response.status}`,
+        message: (body && body.message) || fallback,
+        retryAfter: parseRetryAfter(response.headers.get("Retry-After")),
+        body,
+      });
+    }
+    return body;
+  } finally {
+    clearTimeout(timer);
   }
-  if (!response.ok) {
-    const fallback = response.status === 429 ? t("error.too_many") : t("error.generic");
-    throw new ApiError({
-      status: response.status,
-      code: (body && body.error) || `http_${response.status}`,
-      message: (body && body.message) || fallback,
-      retryAfter: parseRetryAfter(response.headers.get("Retry-After")),
-      body,
-    });
-  }
-  return body;
 }
 
 // ---------------------------------------------------------------- time

@@ -22,6 +22,7 @@ import {
   tn,
 } from "./common.js";
 import { WhepPlayer } from "./player.js";
+import { isAmbiguous, retrying, retrySettings } from "./retry.js";
 
 const PUBLIC_STATUSES = new Set(["approved", "answered"]);
 const textMax = Number(config.limits?.text_max) || 500;
@@ -43,6 +44,11 @@ const nodes = {
   submit: $("ask-submit"),
   counter: $("ask-counter"),
   askStatus: $("ask-status"),
+  askAnnounce: $("ask-announce"),
+  retry: $("ask-retry"),
+  retryText: $("ask-retry-text"),
+  retryCancel: $("ask-retry-cancel"),
+  retryAgain: $("ask-retry-again"),
   mine: $("my-questions"),
   mineEmpty: $("my-questions-empty"),
   public: $("public-questions"),
@@ -96,9 +102,176 @@ function validate(theme, text, author) {
   return null;
 }
 
-async function submitQuestion(event) {
-  event.preventDefault();
-  if (nodes.submit.disabled) return;
+// A question the server shed (503), or that got no answer, is kept in the form
+// and sent again by itself (static/js/retry.js); the draft is kept in
+// sessionStorage so that a reload meanwhile loses nothing.
+const DRAFT_KEY = "tdmce.ask_draft";
+/** The retrying() handle while a question is being sent; null otherwise. */
+let sending = null;
+let retryTicker = null;
+
+function readDraft() {
+  try {
+    const draft = JSON.parse(sessionStorage.getItem(DRAFT_KEY) || "null");
+    return draft && typeof draft.text === "string" ? draft : null;
+  } catch {
+    return null;
+  }
+}
+
+function writeDraft(draft) {
+  try {
+    if (draft) sessionStorage.setItem(DRAFT_KEY, JSON.stringify(draft));
+    else sessionStorage.removeItem(DRAFT_KEY);
+  } catch {
+    /* storage may be disabled: only a reload would lose the text */
+  }
+}
+
+/** What is typed, kept as the draft (with what we know of earlier attempts). */
+function keepTyping() {
+  const { sending: wasSending, maybeStored, attempted } = readDraft() || {};
+  const text = nodes.text.value;
+  if (!text.trim() && !maybeStored) return writeDraft(null);
+  writeDraft({ theme: nodes.theme.value, text, author: nodes.author.value, sending: Boolean(wasSending && sending), maybeStored, attempted });
+}
+
+/** The server's form of a question text (qa/model.py clean_text), to recognise it. */
+function normalText(text) {
+  return String(text || "").replace(/\r\n?/g, "\n").normalize("NFC").trim().replace(/\n{3,}/g, "\n\n");
+}
+
+function lockForm(locked) {
+  nodes.text.readOnly = locked;
+  nodes.author.readOnly = locked;
+  nodes.theme.disabled = locked;
+  nodes.submit.disabled = locked;
+  if (locked) nodes.submit.setAttribute("aria-busy", "true");
+  else nodes.submit.removeAttribute("aria-busy");
+  nodes.submit.textContent = locked ? t("ask.sending") : t("ask.submit");
+}
+
+/** The retry notice: `state` for tests and styles, `text`, and which buttons show. */
+function showRetry(state, text = "", { cancel = false, again = false } = {}) {
+  clearInterval(retryTicker);
+  retryTicker = null;
+  nodes.retry.dataset.state = state;
+  nodes.retry.hidden = !state;
+  nodes.retryText.textContent = text;
+  nodes.retryCancel.hidden = !cancel;
+  nodes.retryAgain.hidden = !again;
+}
+
+function announce(text) {
+  nodes.askAnnounce.textContent = text;
+}
+
+/** "Sent again in 4 s…", counted down until the next attempt at `at`. */
+function showWaiting(at, error) {
+  const key = isAmbiguous(error) ? "ask.retry_no_answer" : "ask.retry_busy";
+  const render = () => {
+    const seconds = Math.max(0, Math.ceil((at - Date.now()) / 1000));
+    nodes.retryText.textContent = t(key, { seconds: formatNumber(seconds) });
+  };
+  const announced = nodes.retry.dataset.announced;
+  showRetry("waiting", "", { cancel: true });
+  nodes.retry.dataset.announced = key;
+  render();
+  retryTicker = setInterval(render, 250);
+  // Said once per kind of trouble, not at every attempt.
+  if (announced !== key) announce(t(`${key}_announce`));
+}
+
+/**
+ * A question we sent without getting an answer may have been stored: it is
+ * among "my questions" with the same theme and text, is not one of those
+ * that were there before, and is not older than that first attempt (with
+ * room for the clocks' difference).
+ */
+async function findStored(maybe) {
+  const list = await fetchJSON("/api/questions/mine", { timeoutMs: retrySettings.timeoutMs });
+  const since = maybe.since - 10 * 60_000;
+  return (list || []).find((q) =>
+    q.theme === maybe.theme && normalText(q.text) === maybe.text && !maybe.known.includes(q.id) &&
+    !(Date.parse(q.created_at) < since)) || null;
+}
+
+async function postQuestion(body, draft, failures) {
+  if (failures > 0) showRetry("sending", t("ask.retry_now"), { cancel: true });
+  if (draft.maybeStored) {
+    const found = await findStored(draft.maybeStored);
+    if (found) return found;
+  }
+  const startedAt = Date.now();
+  try {
+    return await fetchJSON("/api/questions", { method: "POST", json: body, timeoutMs: retrySettings.timeoutMs });
+  } catch (error) {
+    if (isAmbiguous(error) && !draft.maybeStored) {
+      const text = normalText(body.text);
+      const known = [...myQuestions.values()].filter((q) => q.theme === body.theme && normalText(q.text) === text).map((q) => q.id);
+      draft.maybeStored = { theme: body.theme, text, since: startedAt, known };
+      writeDraft(draft);
+    }
+    throw error;
+  }
+}
+
+function questionSent(question, author) {
+  if (question && question.id !== undefined) upsertMine(question);
+  nodes.text.value = "";
+  updateCounter();
+  writeDraft(null);
+  try {
+    if (author) localStorage.setItem(AUTHOR_STORAGE_KEY, author);
+    else localStorage.removeItem(AUTHOR_STORAGE_KEY);
+  } catch {
+    /* not essential */
+  }
+  showRetry("");
+  showStatus(nodes.askStatus, t("ask.sent"), "success");
+}
+
+/** Send `body` (theme, text, author?), again and again while the server is too busy. */
+async function sendQuestion(body) {
+  const before = readDraft() || {};
+  // What may have arrived earlier was another question if the text changed since.
+  const same = before.maybeStored?.theme === body.theme && before.maybeStored?.text === normalText(body.text);
+  const draft = { ...before, maybeStored: same ? before.maybeStored : null, theme: body.theme, text: nodes.text.value, author: nodes.author.value, sending: true, attempted: true };
+  writeDraft(draft);
+  lockForm(true);
+  showStatus(nodes.askStatus, "");
+  showRetry("");
+  delete nodes.retry.dataset.announced;
+  sending = retrying((failures) => postQuestion(body, draft, failures), { onWait: ({ at, error }) => showWaiting(at, error) });
+  const result = await sending.promise;
+  sending = null;
+  lockForm(false);
+  if (result.outcome === "done") {
+    questionSent(result.value, body.author);
+    return;
+  }
+  writeDraft({ ...draft, sending: false });
+  const error = result.error;
+  if (result.outcome === "stopped") {
+    showRetry("cancelled", t("ask.retry_cancelled"));
+    announce(t("ask.retry_cancelled"));
+  } else if (result.outcome === "gave_up") {
+    showRetry("gave-up", t("ask.retry_gave_up"), { again: true });
+    announce(t("ask.retry_gave_up"));
+  } else {
+    showRetry("");
+    showStatus(nodes.askStatus, error.message, "error");
+    if (error.status === 429) {
+      const label = t("ask.submit");
+      disableFor(nodes.submit, error.retryAfter ?? 60, (left) => {
+        nodes.submit.textContent = left > 0 ? t("ask.retry_in", { seconds: left }) : label;
+      });
+    }
+  }
+}
+
+/** The form as it stands, validated; null (and the problem shown) when it cannot be sent. */
+function formBody() {
   const theme = nodes.theme.value;
   const text = nodes.text.value.trim();
   const author = nodes.author.value.trim();
@@ -106,45 +279,54 @@ async function submitQuestion(event) {
   if (problem) {
     showStatus(nodes.askStatus, problem.message, "error");
     problem.field.focus();
-    return;
+    return null;
   }
   const body = { theme, text };
   if (author) body.author = author;
-
-  nodes.submit.disabled = true;
-  nodes.submit.setAttribute("aria-busy", "true");
-  showStatus(nodes.askStatus, "");
-  let retryAfter = null;
-  try {
-    const question = await fetchJSON("/api/questions", { method: "POST", json: body });
-    if (question && question.id !== undefined) upsertMine(question);
-    nodes.text.value = "";
-    updateCounter();
-    try {
-      if (author) localStorage.setItem(AUTHOR_STORAGE_KEY, author);
-      else localStorage.removeItem(AUTHOR_STORAGE_KEY);
-    } catch {
-      /* not essential */
-    }
-    showStatus(nodes.askStatus, t("ask.sent"), "success");
-  } catch (error) {
-    showStatus(nodes.askStatus, error.message, "error");
-    if (error.status === 429) retryAfter = error.retryAfter ?? 60;
-  } finally {
-    nodes.submit.removeAttribute("aria-busy");
-    nodes.submit.disabled = false;
-  }
-  if (retryAfter !== null) {
-    const label = t("ask.submit");
-    disableFor(nodes.submit, retryAfter, (left) => {
-      nodes.submit.textContent = left > 0 ? t("ask.retry_in", { seconds: left }) : label;
-    });
-  }
+  return body;
 }
 
-nodes.text.addEventListener("input", updateCounter);
+function submitQuestion(event) {
+  event?.preventDefault();
+  // One question at a time: no second request while one is being sent or awaited.
+  if (sending || nodes.submit.disabled) return;
+  const body = formBody();
+  if (body) sendQuestion(body);
+}
+
+nodes.text.addEventListener("input", () => {
+  updateCounter();
+  keepTyping();
+});
+nodes.author.addEventListener("input", keepTyping);
+nodes.theme.addEventListener("change", keepTyping);
 nodes.form.addEventListener("submit", submitQuestion);
+nodes.retryCancel.addEventListener("click", () => {
+  sending?.stop();
+  nodes.text.focus();
+});
+nodes.retryAgain.addEventListener("click", () => submitQuestion());
 updateCounter();
+
+/** After a reload: the text back in the form, and sent again if it was being sent. */
+function restoreDraft() {
+  const draft = readDraft();
+  if (!draft || nodes.text.value) return;
+  if (draft.theme && [...nodes.theme.options].some((o) => o.value === draft.theme)) {
+    nodes.theme.value = draft.theme;
+    themeTouched = true;
+  }
+  nodes.text.value = draft.text;
+  if (typeof draft.author === "string") nodes.author.value = draft.author.slice(0, authorMax);
+  updateCounter();
+  if (!draft.attempted) return;
+  if (draft.sending) {
+    const body = formBody();
+    if (body) sendQuestion(body);
+  } else {
+    showStatus(nodes.askStatus, t("ask.draft_restored"), "info");
+  }
+}
 
 // ---------------------------------------------------------------- my questions
 
@@ -186,8 +368,12 @@ function upsertMine(question) {
 async function loadMine() {
   try {
     const list = await fetchJSON("/api/questions/mine");
-    myQuestions.clear();
-    for (const q of list || []) myQuestions.set(q.id, q);
+    // Merged by version, not replaced: a list read before a question we just
+    // sent was stored must not hide it (a viewer's questions never go away).
+    for (const q of list || []) {
+      const known = myQuestions.get(q.id);
+      if (!known || (known.version ?? 0) <= (q.version ?? 0)) myQuestions.set(q.id, { ...known, ...q });
+    }
     renderMine();
   } catch {
     renderMine();
@@ -204,19 +390,28 @@ function sortPublic(a, b) {
   return (b.created_at || "").localeCompare(a.created_at || "") || b.id - a.id;
 }
 
+/** Votes sent and not yet answered (question id -> method), retried quietly. */
+const pendingVotes = new Map();
+
 function voteButton(q) {
+  const pending = pendingVotes.has(q.id);
   return el(
     "button",
     {
       type: "button",
-      class: "vote-button",
+      class: ["vote-button", pending && "vote-button--pending"],
       "aria-pressed": q.voted ? "true" : "false",
       "aria-describedby": `votes-${q.id}`,
-      dataset: { action: "vote" },
+      // aria-disabled, not disabled: a keyboard user's focus stays on it.
+      "aria-disabled": pending ? "true" : null,
+      "aria-busy": pending ? "true" : null,
+      title: pending ? t("vote.pending") : null,
+      dataset: pending ? { action: "vote", pending: pendingVotes.get(q.id) } : { action: "vote" },
     },
-    el("span", { class: "vote-button__icon", "aria-hidden": "true", text: q.voted ? "✓" : "▲" }),
+    el("span", { class: "vote-button__icon", "aria-hidden": "true", text: pending ? "…" : q.voted ? "✓" : "▲" }),
     " ",
     t("vote.button"),
+    pending ? el("span", { class: "visually-hidden", text: ` (${t("vote.pending")})` }) : null,
   );
 }
 
@@ -290,24 +485,34 @@ async function loadPublic() {
   renderPublic();
 }
 
-async function toggleVote(id, button) {
+/**
+ * Vote or withdraw. Shed (503) or unanswered, it is sent again quietly for a
+ * little while (a vote sent twice counts once), the button showing it is
+ * pending; the count shown is always the server's, never a guess.
+ */
+async function toggleVote(id) {
   const q = publicQuestions.get(id);
-  if (!q) return;
+  if (!q || pendingVotes.has(id)) return;
   const method = q.voted ? "DELETE" : "POST";
-  button.disabled = true;
-  try {
-    const result = await fetchJSON(`/api/questions/${encodeURIComponent(id)}/vote`, {
-      method,
-      json: method === "POST" ? {} : undefined,
-    });
-    const current = publicQuestions.get(id);
+  pendingVotes.set(id, method);
+  renderPublic();
+  const url = `/api/questions/${encodeURIComponent(id)}/vote`;
+  const { promise } = retrying(
+    () => fetchJSON(url, { method, json: method === "POST" ? {} : undefined, timeoutMs: retrySettings.timeoutMs }),
+    { giveUpMs: retrySettings.voteGiveUpMs, maxAttempts: retrySettings.voteAttempts },
+  );
+  const result = await promise;
+  pendingVotes.delete(id);
+  const current = publicQuestions.get(id);
+  if (result.outcome === "done") {
     if (current) {
-      current.votes = result?.votes ?? current.votes;
-      current.voted = typeof result?.voted === "boolean" ? result.voted : method === "POST";
+      current.votes = result.value?.votes ?? current.votes;
+      current.voted = typeof result.value?.voted === "boolean" ? result.value.voted : method === "POST";
     }
     showStatus(nodes.publicStatus, "");
-  } catch (error) {
-    showStatus(nodes.publicStatus, error.message, "error");
+  } else {
+    const error = result.error;
+    showStatus(nodes.publicStatus, result.outcome === "gave_up" ? t("vote.gave_up") : error.message, "error");
     if (error.status === 404) publicQuestions.delete(id);
   }
   renderPublic();
@@ -317,7 +522,7 @@ nodes.public.addEventListener("click", (event) => {
   const button = event.target.closest(".vote-button");
   if (!button) return;
   const id = Number(button.closest("[data-question-id]").dataset.questionId);
-  toggleVote(id, button);
+  toggleVote(id);
 });
 
 nodes.publicTheme.addEventListener("change", () => {
@@ -552,5 +757,6 @@ async function loadOnAir() {
 }
 
 setInterval(() => refreshRelativeTimes(), 30_000);
+restoreDraft();
 loadMine();
 loadPublic().then(loadOnAir);
