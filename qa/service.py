@@ -30,6 +30,7 @@ from qa.model import DuplicateIndex, Limits, ProfanityFilter, Question, Status
 from qa.store import NewQuestion, OnAirTaken, QuestionStore, VoteChange, VoteOutcome
 from server.admission import Lane, LoopMonitor, WriteQueue
 from server.clock import Clock
+from server.db import NO_GATE, WriteGate
 from server.ratelimit import RateLimiter
 from server.settings import LoadSettings, QaSettings
 
@@ -69,7 +70,8 @@ class QuestionService:
     def __init__(self, store: QuestionStore, limiter: RateLimiter, clock: Clock,
                  publish: Publish, theme_ids: Sequence[str], settings: QaSettings,
                  shared: bool = False, segment_ids: Sequence[str] | None = None,
-                 load: LoadSettings | None = None, loop: LoopMonitor | None = None) -> None:
+                 load: LoadSettings | None = None, loop: LoopMonitor | None = None,
+                 gate: WriteGate = NO_GATE) -> None:
         self.store = store
         self.limiter = limiter
         self.clock = clock
@@ -96,9 +98,8 @@ class QuestionService:
         self.reads = Lane("question lists", load.read_concurrency, load.read_queue,
                           load.max_wait_s, loop)
         # SQLite has one write lock for the whole file: this process's writers
-        # take turns here, in order, instead of polling for it (busy_timeout).
-        self._sqlite_writes = (asyncio.Lock() if store.engine.dialect.name == "sqlite"
-                               else None)
+        # take turns at the gate, in order, and after the programme's.
+        self.gate = gate
         self._public_lists: dict[tuple[str | None, str, tuple[Status, ...]],
                                  tuple[float, list[Question]]] = {}
         self._on_air: tuple[float, Question | None] | None = None
@@ -129,10 +130,7 @@ class QuestionService:
 
     @contextlib.asynccontextmanager
     async def _writing(self) -> AsyncIterator[None]:
-        if self._sqlite_writes is None:
-            yield
-            return
-        async with self._sqlite_writes:
+        async with self.gate.audience():
             yield
 
     # --- viewers --------------------------------------------------------

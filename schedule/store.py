@@ -12,6 +12,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from schedule.errors import ConcurrentChange
 from schedule.model import Action, Entry
+from server.db import NO_GATE, WriteGate
 from server.dbtypes import UtcDateTime
 
 
@@ -41,9 +42,10 @@ L: Table = LogRow.__table__  # type: ignore[assignment]
 class TakeLog:
     """One show's log: entries are only ever appended, in sequence."""
 
-    def __init__(self, engine: AsyncEngine, show: str) -> None:
+    def __init__(self, engine: AsyncEngine, show: str, gate: WriteGate = NO_GATE) -> None:
         self.engine = engine
         self.show = show
+        self.gate = gate
 
     async def load(self) -> list[Entry]:
         stmt = select(L).where(L.c.show == self.show).order_by(L.c.seq)
@@ -64,12 +66,12 @@ class TakeLog:
                  "segment_id": e.segment_id, "seconds": e.seconds, "by": e.by,
                  "created_at": now} for e in entries]
         try:
-            async with self.engine.begin() as conn:
+            async with self.gate.programme(), self.engine.begin() as conn:
                 await conn.execute(insert(L), rows)
         except IntegrityError as e:
             raise ConcurrentChange() from e
 
     async def clear(self) -> None:
         """Forget this show's log (a new rehearsal starts from scratch)."""
-        async with self.engine.begin() as conn:
+        async with self.gate.programme(), self.engine.begin() as conn:
             await conn.execute(delete(L).where(L.c.show == self.show))

@@ -136,6 +136,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     async for engine in db.engine_context(url, settings.pool, settings.load.max_wait_s):
         app[keys.ENGINE] = engine
         control = app[keys.CONTROL_ENGINE] = db.control_engine(url)
+        app[keys.WRITE_GATE] = db.WriteGate.for_url(url)
         app[keys.DB_WRITES] = db.WriteHealth(control, engine)
         try:
             yield
@@ -180,12 +181,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[keys.AUTH] = AuthService(app[keys.CONTROL_ENGINE], clock, limiter,
                                  settings.http.session_hours, settings.auth.login_failures,
                                  user_failures=settings.auth.login_failures_per_user,
-                                 publish=app[keys.BUS].publish)
+                                 publish=app[keys.BUS].publish, gate=app[keys.WRITE_GATE])
     questions = QuestionService(QuestionStore(app[keys.ENGINE]), limiter, clock,
                                 app[keys.BUS].publish, [t.id for t in settings.themes],
                                 settings.qa, shared=bool(settings.redis_url),
                                 segment_ids=[seg.id for seg in settings.plan.segments],
-                                load=settings.load, loop=app[keys.LOOP])
+                                load=settings.load, loop=app[keys.LOOP],
+                                gate=app[keys.WRITE_GATE])
     app[keys.QUESTIONS] = questions
     counts = app[keys.COUNTS] = CachedCounts(QuestionStore(app[keys.CONTROL_ENGINE]).counts)
     app[keys.LOAD_REPORT] = lambda: load_report(app)
@@ -205,7 +207,7 @@ async def _programme(app: web.Application) -> AsyncIterator[None]:
     if settings.rehearsal_speed:
         # The same running order, moved to start now, in a log of its own.
         plan, show = plan.shifted(clock.now() - plan.planned_start), "rehearsal"
-    store = TakeLog(app[keys.CONTROL_ENGINE], show)
+    store = TakeLog(app[keys.CONTROL_ENGINE], show, app[keys.WRITE_GATE])
     if settings.rehearsal_speed:
         await store.clear()
     service = ProgrammeService(store, plan, clock, app[keys.BUS].publish,
@@ -230,7 +232,7 @@ _THE_END = "Merci et à bientôt !"
 async def _video(app: web.Application) -> AsyncIterator[None]:
     """The media core; it follows the programme, which started before it."""
     settings, clock, bus = app[keys.SETTINGS], app[keys.CLOCK], app[keys.BUS]
-    app[keys.FEED_TOKENS] = FeedTokenStore(app[keys.CONTROL_ENGINE], clock)
+    app[keys.FEED_TOKENS] = FeedTokenStore(app[keys.CONTROL_ENGINE], clock, app[keys.WRITE_GATE])
     app[keys.PUBLISHERS] = tv_routes.Publishers()
     if not settings.video.serve:
         # Another process (the video process) takes WHIP and WHEP; through

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.clock import Clock
+from server.db import NO_GATE, WriteGate
 from server.dbtypes import UtcDateTime
 from server.ratelimit import Claim, RateLimiter
 from server.settings import RateLimit
@@ -183,8 +184,10 @@ async def _no_publish(event: object) -> None:
 class AuthService:
     def __init__(self, engine: AsyncEngine, clock: Clock, limiter: RateLimiter,
                  session_hours: float, login_failures: RateLimit,
-                 user_failures: RateLimit | None = None, publish: Publish = _no_publish) -> None:
+                 user_failures: RateLimit | None = None, publish: Publish = _no_publish,
+                 gate: WriteGate = NO_GATE) -> None:
         self.engine = engine
+        self.gate = gate
         self.clock = clock
         self.limiter = limiter
         self.session_ttl = timedelta(hours=session_hours)
@@ -252,7 +255,7 @@ class AuthService:
         await self.limiter.hit(self._known_key(username, ip), KNOWN_ADDRESS)
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         now = self.clock.now()
-        async with self.engine.begin() as conn:
+        async with self.gate.programme(), self.engine.begin() as conn:
             await conn.execute(insert(sessions_table).values(
                 token_hash=_hash_token(token), staff_id=row.id, csrf_token=csrf,
                 created_at=now, expires_at=now + self.session_ttl))
@@ -345,7 +348,7 @@ class AuthService:
         token = _valid_token(token)
         if token is None:
             return
-        async with self.engine.begin() as conn:
+        async with self.gate.programme(), self.engine.begin() as conn:
             await conn.execute(delete(sessions_table).where(
                 sessions_table.c.token_hash == _hash_token(token)))
         await self.publish(SessionsChanged())

@@ -15,7 +15,7 @@ from typing import IO, Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Column, Integer, MetaData, Table, delete, event, insert, text
-from sqlalchemy.engine import Connection, ExceptionContext
+from sqlalchemy.engine import Connection, ExceptionContext, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -79,6 +79,74 @@ def audience_engine(url: str, pool: DatabasePool, wait_s: float) -> AsyncEngine:
     """Questions, votes and lists: no query waits longer than ``wait_s`` for the database."""
     return make_engine(url, pool.size or None, None if pool.overflow < 0 else pool.overflow,
                        wait_s=wait_s, statement_timeout=True)
+
+
+class WriteGate:
+    """This process's writers to one SQLite file take turns, the programme's first.
+
+    SQLite has one write lock for the whole file. Left to it, a take polls for
+    the lock (busy_timeout: sleeps of 1 to 100 ms) while the audience's batch
+    writers, always ready with the next batch, take it again between its
+    polls: a take then waited hundreds of milliseconds. Here writers queue in
+    memory instead: an audience transaction starts only when no programme
+    write (take, feed token, sign-in) is waiting, and a programme write waits
+    at most for the one audience transaction under way. On PostgreSQL, rows
+    are locked, not the database: the gate lets everything through.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._busy = False
+        self._programme_waiting = 0
+        self._changed: asyncio.Condition | None = None
+
+    @classmethod
+    def for_url(cls, url: str) -> WriteGate:
+        return cls(make_url(url).get_backend_name() == "sqlite")
+
+    def _condition(self) -> asyncio.Condition:
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    @contextlib.asynccontextmanager
+    async def audience(self) -> AsyncIterator[None]:
+        if not self.enabled:
+            yield
+            return
+        changed = self._condition()
+        async with changed:
+            await changed.wait_for(lambda: not self._busy and not self._programme_waiting)
+            self._busy = True
+        try:
+            yield
+        finally:
+            async with changed:
+                self._busy = False
+                changed.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def programme(self) -> AsyncIterator[None]:
+        if not self.enabled:
+            yield
+            return
+        changed = self._condition()
+        async with changed:
+            self._programme_waiting += 1
+            try:
+                await changed.wait_for(lambda: not self._busy)
+            finally:
+                self._programme_waiting -= 1
+            self._busy = True
+        try:
+            yield
+        finally:
+            async with changed:
+                self._busy = False
+                changed.notify_all()
+
+
+NO_GATE = WriteGate(enabled=False)
 
 
 CONTROL_WAIT_S = 5.0

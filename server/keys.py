@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from server.admission import LoopMonitor
     from server.auth import AuthService
     from server.clock import Clock
-    from server.db import WriteHealth
+    from server.db import WriteGate, WriteHealth
     from server.events import EventBus
     from server.i18n import Catalog
     from server.metrics import CachedCounts, Metrics
@@ -33,6 +33,8 @@ CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 ENGINE: web.AppKey[AsyncEngine] = web.AppKey("engine")
 """The audience's path to the database: questions, votes, lists."""
 CONTROL_ENGINE: web.AppKey[AsyncEngine] = web.AppKey("control_engine")
+WRITE_GATE: web.AppKey[WriteGate] = web.AppKey("write_gate")
+"""On SQLite, this process's writers take turns, the programme's first (server.db.WriteGate)."""
 """The programme's own path: take log, feed tokens, staff sign-in (server.db.control_engine)."""
 DB_WRITES: web.AppKey[WriteHealth] = web.AppKey("db_writes")
 REDIS: web.AppKey[Redis | None] = web.AppKey("redis")

@@ -327,10 +327,13 @@ def create_sio(settings: Settings) -> socketio.AsyncServer:
     if settings.redis_url:
         manager = _RedisManager(settings.redis_url, f"{settings.redis_channel}:socketio",
                                 settings.redis_timeout_s, settings.redis_retry_s)
+    # A client has 40 s to answer a ping: under a crowd's load, the ping
+    # waits behind the pushes queued before it (browsers wait for one 60 s,
+    # python-socketio's client 45 s).
     return _SocketIO(async_mode="aiohttp", client_manager=manager,
-                                ping_interval=20, ping_timeout=20,
-                                max_http_buffer_size=64 * 1024, serializer=_TolerantPacket,
-                                client_backlog=settings.load.client_backlog)
+                     ping_interval=20, ping_timeout=40,
+                     max_http_buffer_size=64 * 1024, serializer=_TolerantPacket,
+                     client_backlog=settings.load.client_backlog)
 
 
 class _Namespace(socketio.AsyncNamespace):  # type: ignore[misc]

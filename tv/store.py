@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from server.clock import Clock
+from server.db import NO_GATE, WriteGate
 from server.dbtypes import UtcDateTime
 
 TOKEN_BYTES = 32
@@ -71,7 +72,8 @@ def same_token(expected: str, given: str) -> bool:
 class FeedTokenStore:
     """One bearer token per feed, made on first use, replaced on rotation."""
 
-    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
+    def __init__(self, engine: AsyncEngine, clock: Clock, gate: WriteGate = NO_GATE) -> None:
+        self.gate = gate
         self.engine = engine
         self.clock = clock
         # Compared against when a feed has no token yet, so that the time a
@@ -97,7 +99,7 @@ class FeedTokenStore:
             return existing
         token = new_token()
         try:
-            async with self.engine.begin() as conn:
+            async with self.gate.programme(), self.engine.begin() as conn:
                 await conn.execute(insert(T).values(feed=feed, token=token,
                                                     created_at=self.clock.now()))
         except IntegrityError:
@@ -109,7 +111,7 @@ class FeedTokenStore:
     async def rotate(self, feed: str) -> str:
         """Replace the feed's token (making one if it had none); the new token."""
         token, now = new_token(), self.clock.now()
-        async with self.engine.begin() as conn:
+        async with self.gate.programme(), self.engine.begin() as conn:
             changed = await conn.execute(update(T).where(T.c.feed == feed)
                                          .values(token=token, rotated_at=now))
             if changed.rowcount == 0:

@@ -85,8 +85,10 @@ async def viewers(url: str, first: int, count: int, concurrency: int) -> None:
         async with gate:
             for attempt in range(3):
                 try:
+                    # As the watch page does: vote counts in one push a second.
                     listener = await Listener.connect(
-                        url, "/", cookies=f"{VIEWER_COOKIE}={viewer_id(index)}", events=())
+                        url, "/", cookies=f"{VIEWER_COOKIE}={viewer_id(index)}", events=(),
+                        auth={"votes": "batched"})
                 except (socketio.exceptions.ConnectionError, OSError, TimeoutError) as e:
                     say(role, f"viewer {index} failed to connect ({e!r}), attempt {attempt + 1}")
                     await asyncio.sleep(0.5 * (attempt + 1))
