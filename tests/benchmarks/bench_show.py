@@ -230,7 +230,7 @@ async def socket_viewers(args: argparse.Namespace, bases: list[str],
     children, first = [], 0
     for p in range(procs):
         count = args.viewers // procs + (1 if p < args.viewers % procs else 0)
-        child = await Child.start(f"viewers{p}", *fleet_cmd(
+        child = await Child.start(f"viewers{p}@{p % len(bases)}", *fleet_cmd(
             "viewers", bases[p % len(bases)], "--first", str(first), "--count", str(count)))
         stack.push_async_callback(child.stop, 20)
         children.append(child)
@@ -319,7 +319,12 @@ async def measure(show: Show, audience: Audience, row: Minute) -> None:
     f["frame_gap_ms_max"] = round(max(w["max_gap_ms"] for w in window), 1) if window else None
     status = await asyncio.gather(*(show.ask(v, {"cmd": "status"}, 30) for v in show.viewers))
     f["viewers_connected"] = sum(s["connected"] for s in status)
+    # Per server: which process's viewers were dropped, if any.
+    f["viewers_connected_per_server"] = [
+        sum(s["connected"] for v, s in zip(show.viewers, status, strict=True)
+            if v.name.endswith(f"@{i}")) for i in range(len(show.servers))]
     f["feeds"] = await feeds(audience)
+    f["publishers"] = (await show.ask(show.publisher, {"state": True}, 30))["states"]
     progress(row)
     await collect_moderators(show, audience, 10)
 
@@ -364,7 +369,8 @@ def progress(row: Minute) -> None:
         f"take {takes}; healthz p99 {row.healthz.delay_row()['p99_ms']} ms "
         f"({dict(row.healthz_status)}); RSS {f['rss_mb']} MB; fps {f['fps_median']} "
         f"(min {f['fps_min']}), gap max {f['frame_gap_ms_max']} ms; "
-        f"viewers {f['viewers_connected']}; feeds {f['feeds']}; "
+        f"viewers {f['viewers_connected_per_server']}; feeds {f['feeds']}, publishers "
+        f"{f['publishers']}; "
         f"in flight {h['in_flight'] + q['in_flight']}; "
         f"cpu % {f['cpu_pct']}")
 

@@ -296,7 +296,8 @@ class PatternTrack(ColourTrack):
 
 
 async def publisher_role() -> None:
-    """Publish over WHIP on command: {"publish": url, "token", "colour", ...}; {"close": true}."""
+    """Publish over WHIP on command: {"publish": url, "token", "colour", ...}; {"close": true};
+    {"state": true}: each publisher's connection state."""
     restrict_host_addresses(LOOPBACK)
     pcs: list[RTCPeerConnection] = []
     http = aiohttp.ClientSession()
@@ -306,6 +307,8 @@ async def publisher_role() -> None:
             await asyncio.gather(*(pc.close() for pc in pcs))
             pcs.clear()
             return {"closed": True}
+        if cmd.get("state"):
+            return {"states": [pc.connectionState for pc in pcs]}
         pc = peer()
         pcs.append(pc)
         track = PatternTrack(cmd["colour"], cmd["width"], cmd["height"], cmd["fps"],
