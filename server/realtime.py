@@ -420,7 +420,7 @@ class StaffNamespace(_Namespace):
         self.metrics.sockets.labels(self.namespace).inc()
         await self.emit("programme", self.app[keys.PROGRAMME_VIEW](), to=sid)
         if self.namespace == MODERATION:
-            on_air = await self.app[keys.QUESTIONS].on_air()
+            on_air = await self.app[keys.QUESTIONS].on_air(staff=True)
             await self.emit("on_air", (staff_view(on_air) if on_air else None,), to=sid)
         if self.namespace == CONTROL and keys.TV in self.app:
             # Without video here (--no-video), the video process's next push comes within 1 s.

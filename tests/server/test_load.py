@@ -199,9 +199,9 @@ async def test_votes_of_the_moment_are_written_together_and_counted_exactly(
 
 
 async def test_a_late_event_loop_refuses_new_audience_work_until_it_catches_up(
-        tmp_path: Path, start_server: StartServer, http: OpenHttp) -> None:
+        tmp_path: Path, start_server: StartServer, http: OpenHttp, listen: Listen) -> None:
     """The picture is sent from the event loop: while it runs late, the audience waits."""
-    _, base = await _start(start_server, tmp_path, f"sqlite:///{tmp_path / 'tv.sqlite3'}",
+    server, base = await _start(start_server, tmp_path, f"sqlite:///{tmp_path / 'tv.sqlite3'}",
                            loop_lag_ms=40)
     viewer, probe = await http(base), await http(base)
     status, _, _ = await viewer.request("POST", "/api/questions",
@@ -229,6 +229,13 @@ async def test_a_late_event_loop_refuses_new_audience_work_until_it_catches_up(
         assert "Retry-After" in headers
         status, reply, _, _ = await _timed(viewer, "GET", "/api/questions")
         assert (status, reply["error"]) == (503, "overloaded"), reply
+        # Staff are not the audience: a moderator's console connects, and
+        # lists the questions, whatever the load.
+        moderator = await _director(server, base, http)
+        console = await listen(base, "/moderation", cookies=moderator.cookie_header())
+        assert await console.next("on_air", within=5) is None
+        status, listed, _ = await moderator.request("GET", "/api/questions")
+        assert status == 200 and [q["text"] for q in listed] == ["Avant la charge ?"], listed
     finally:
         hogging = False
         await task
