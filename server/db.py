@@ -90,9 +90,15 @@ class WriteGate:
     polls: a take then waited hundreds of milliseconds. Here writers queue in
     memory instead: an audience transaction starts only when no programme
     write (take, feed token, sign-in) is waiting, and a programme write waits
-    at most for the one audience transaction under way. On PostgreSQL, rows
-    are locked, not the database: the gate lets everything through.
+    at most for the one audience transaction under way, and no longer than
+    PROGRAMME_WAIT_S: an audience writer may hold its turn while it waits
+    for a connection (the audience's pool exhausted), and then the programme
+    goes ahead and takes its chance with SQLite's lock, as without the gate.
+    On PostgreSQL, rows are locked, not the database: the gate lets
+    everything through.
     """
+
+    PROGRAMME_WAIT_S = 0.1
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -134,16 +140,24 @@ class WriteGate:
         async with changed:
             self._programme_waiting += 1
             try:
-                await changed.wait_for(lambda: not self._busy)
+                async with asyncio.timeout(self.PROGRAMME_WAIT_S):
+                    await changed.wait_for(lambda: not self._busy)
+                turn = True
+            except TimeoutError:
+                turn = False  # the audience writer is stuck elsewhere: go ahead
             finally:
                 self._programme_waiting -= 1
-            self._busy = True
+            if turn:
+                self._busy = True
+            else:
+                changed.notify_all()  # audience writers may go on taking turns
         try:
             yield
         finally:
-            async with changed:
-                self._busy = False
-                changed.notify_all()
+            if turn:
+                async with changed:
+                    self._busy = False
+                    changed.notify_all()
 
 
 NO_GATE = WriteGate(enabled=False)

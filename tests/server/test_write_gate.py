@@ -56,3 +56,34 @@ async def test_on_postgresql_the_gate_lets_every_writer_through_at_once() -> Non
 
     await asyncio.gather(write(), write())
     assert WriteGate.for_url("sqlite:///tv.sqlite3").enabled
+
+
+async def test_a_take_does_not_wait_on_an_audience_writer_stuck_before_the_database() -> None:
+    """An audience writer holding its turn while it waits for a pool connection
+    must not hold the take: the take goes ahead after PROGRAMME_WAIT_S."""
+    gate = WriteGate(enabled=True)
+    holding, release = asyncio.Event(), asyncio.Event()
+    took = asyncio.Event()
+
+    async def stuck_audience_writer() -> None:
+        async with gate.audience():
+            holding.set()
+            await release.wait()
+
+    async def take() -> None:
+        async with gate.programme():
+            took.set()
+
+    writer = asyncio.create_task(stuck_audience_writer())
+    await _until(holding)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(take(), timeout=2)
+    assert took.is_set()
+    assert loop.time() - started < 1.0
+    # And the gate still works afterwards: the writer finishes, the next take
+    # has its turn at once.
+    release.set()
+    await writer
+    async with asyncio.timeout(1), gate.programme():
+        pass
