@@ -49,9 +49,10 @@ class Overloaded(Exception):
 
 
 def _retry_after(base_s: float) -> float:
-    """Spread retries over 1..2x the base: a whole audience refused at once
-    must not come back at the same instant."""
-    return base_s * (1.0 + random.random())
+    """Spread retries over 1, 2 or 3 times the base, in whole seconds (what
+    Retry-After can say): a whole audience refused at once must not come back
+    at the same instant. (A fraction would be rounded up to the same 2 s.)"""
+    return float(max(1, math.floor(base_s * (1.0 + 3.0 * random.random()))))
 
 
 class Durations:
